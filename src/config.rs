@@ -1,0 +1,696 @@
+//! Configuration: the TOML file of SPEC section 4, parsed into validated types.
+//!
+//! `Raw*` types mirror the file (`deny_unknown_fields`, so a typo is an error, never a silent
+//! default); [`Config::parse`] turns them into [`Config`], collecting every problem with its TOML
+//! path before failing, so `hooksign check` can print them all at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Deserialize;
+use uuid::Uuid;
+
+/// Where `serve` and `check` look for the config when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file this configuration was read from (relative paths inside it start from its
+    /// directory).
+    pub path: PathBuf,
+    pub proxy: ProxyConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub signing: SigningConfig,
+    pub egress: EgressConfig,
+    pub events: EventsConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+/// `[proxy]`: the application-facing listener and the delivery path.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub upstream_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+    /// Consecutive failures that disable an endpoint; 0 means never.
+    pub auto_disable_after: u32,
+}
+
+/// `[admin]`: the operator-facing listener.
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub rate_limit_per_minute: u32,
+    pub tokens: Vec<AdminToken>,
+}
+
+/// One `[[admin.tokens]]` grant. Only the SHA-256 of the bearer token is held.
+#[derive(Clone, Debug)]
+pub struct AdminToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub permissions: Vec<Permission>,
+    pub companies: Companies,
+}
+
+/// What an admin token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Permission {
+    /// `webhook.view`: read routes.
+    View,
+    /// `webhook.manage`: write routes.
+    Manage,
+}
+
+/// Which companies an admin token sees.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Companies {
+    All,
+    Only(Vec<Uuid>),
+}
+
+/// `[store]`: where endpoints and secrets live.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// The store file, resolved against the config file's directory.
+    pub path: PathBuf,
+    pub etcd: EtcdConfig,
+}
+
+/// `[store] backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreBackend {
+    File,
+}
+
+/// `[store.etcd]`.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+}
+
+/// `[signing]`.
+#[derive(Clone, Debug)]
+pub struct SigningConfig {
+    /// The `storno` scheme's header name.
+    pub header: HeaderName,
+}
+
+/// `[egress]`: which destinations deliveries may reach.
+#[derive(Clone, Debug)]
+pub struct EgressConfig {
+    pub allow_http: bool,
+    pub allow_private: bool,
+    pub allow_cidrs: Vec<IpNet>,
+    /// Empty means any port.
+    pub allow_ports: Vec<u16>,
+    /// Extra PEM roots trusted beside the platform's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[events]`.
+#[derive(Clone, Debug)]
+pub struct EventsConfig {
+    /// The event types endpoints may subscribe to; empty accepts any name.
+    pub catalog: Vec<String>,
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub shutdown_grace: Duration,
+    pub worker_threads: usize,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("config {}: {}", path.display(), problems.join("; "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl ConfigError {
+    /// Every problem as its own line, for `hooksign check`.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Invalid { path, problems } => problems
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`, which was read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let mut problems = Vec::new();
+        let config = raw.validate(path, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// The built-in defaults (every key unset), as if read from `path`.
+    pub fn defaults(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse("", path)
+    }
+}
+
+/// The config path: the flag, else `$HOOKSIGN_CONFIG`, else `./config.toml` (clap fills the
+/// environment variable in).
+pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+// === raw file types ===
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    proxy: RawProxy,
+    admin: RawAdmin,
+    store: RawStore,
+    signing: RawSigning,
+    egress: RawEgress,
+    events: RawEvents,
+    server: RawServer,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    listen: String,
+    max_body_bytes: u64,
+    upstream_timeout: String,
+    header_read_timeout: String,
+    body_read_timeout: String,
+    max_connections: usize,
+    auto_disable_after: u32,
+}
+
+impl Default for RawProxy {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            upstream_timeout: "30s".into(),
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+            max_connections: 4096,
+            auto_disable_after: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    rate_limit_per_minute: u32,
+    tokens: Vec<RawToken>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            rate_limit_per_minute: 120,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    sha256: String,
+    permissions: Vec<String>,
+    #[serde(default = "all_companies")]
+    companies: Vec<String>,
+}
+
+fn all_companies() -> Vec<String> {
+    vec!["*".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    backend: String,
+    path: PathBuf,
+    etcd: RawEtcd,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            backend: "file".into(),
+            path: PathBuf::from("webhooks.toml"),
+            etcd: RawEtcd::default(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEtcd {
+    endpoints: Vec<String>,
+    prefix: String,
+}
+
+impl Default for RawEtcd {
+    fn default() -> Self {
+        Self {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            prefix: "/hooksign/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSigning {
+    header: String,
+}
+
+impl Default for RawSigning {
+    fn default() -> Self {
+        Self {
+            header: "X-Storno-Signature".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEgress {
+    allow_http: bool,
+    allow_private: bool,
+    allow_cidrs: Vec<String>,
+    allow_ports: Vec<u16>,
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawEvents {
+    catalog: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    shutdown_grace: String,
+    worker_threads: Option<usize>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: "25s".into(),
+            worker_threads: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+        }
+    }
+}
+
+// === validation ===
+
+impl RawConfig {
+    fn validate(self, path: &Path, problems: &mut Vec<String>) -> Config {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut problem = |key: &str, what: String| problems.push(format!("{key}: {what}"));
+
+        let proxy = ProxyConfig {
+            listen: socket_addr("proxy.listen", &self.proxy.listen, &mut problem),
+            max_body_bytes: self.proxy.max_body_bytes,
+            upstream_timeout: duration("proxy.upstream_timeout", &self.proxy.upstream_timeout, &mut problem),
+            header_read_timeout: duration(
+                "proxy.header_read_timeout",
+                &self.proxy.header_read_timeout,
+                &mut problem,
+            ),
+            body_read_timeout: duration("proxy.body_read_timeout", &self.proxy.body_read_timeout, &mut problem),
+            max_connections: self.proxy.max_connections,
+            auto_disable_after: self.proxy.auto_disable_after,
+        };
+        if proxy.max_body_bytes == 0 {
+            problem("proxy.max_body_bytes", "must be at least 1".into());
+        }
+        if proxy.max_connections == 0 {
+            problem("proxy.max_connections", "must be at least 1".into());
+        }
+
+        let mut tokens = Vec::with_capacity(self.admin.tokens.len());
+        for (i, raw) in self.admin.tokens.into_iter().enumerate() {
+            if let Some(token) = raw.validate(&format!("admin.tokens[{i}]"), &mut problem) {
+                tokens.push(token);
+            }
+        }
+        let admin = AdminConfig {
+            listen: socket_addr("admin.listen", &self.admin.listen, &mut problem),
+            rate_limit_per_minute: self.admin.rate_limit_per_minute,
+            tokens,
+        };
+        if admin.rate_limit_per_minute == 0 {
+            problem("admin.rate_limit_per_minute", "must be at least 1".into());
+        }
+
+        let backend = match self.store.backend.as_str() {
+            "file" => StoreBackend::File,
+            "etcd" => {
+                problem(
+                    "store.backend",
+                    "\"etcd\" is not available in this build yet; use \"file\"".into(),
+                );
+                StoreBackend::File
+            }
+            other => {
+                problem("store.backend", format!("unknown backend {other:?} (expected \"file\" or \"etcd\")"));
+                StoreBackend::File
+            }
+        };
+        let store = StoreConfig {
+            backend,
+            path: base.join(&self.store.path),
+            etcd: EtcdConfig {
+                endpoints: self.store.etcd.endpoints,
+                prefix: self.store.etcd.prefix,
+            },
+        };
+
+        let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => {
+                problem("signing.header", format!("{:?} is not a valid header name", self.signing.header));
+                HeaderName::from_static("x-storno-signature")
+            }
+        };
+
+        let mut allow_cidrs = Vec::new();
+        for (i, cidr) in self.egress.allow_cidrs.iter().enumerate() {
+            match parse_cidr(cidr) {
+                Some(net) => allow_cidrs.push(net),
+                None => problem(
+                    &format!("egress.allow_cidrs[{i}]"),
+                    format!("{cidr:?} is not an address or CIDR block"),
+                ),
+            }
+        }
+        if self.egress.allow_ports.contains(&0) {
+            problem("egress.allow_ports", "port 0 cannot be connected to".into());
+        }
+        let ca_file = self.egress.ca_file.map(|file| base.join(file));
+        if let Some(file) = &ca_file {
+            if !file.is_file() {
+                problem("egress.ca_file", format!("{} is not a readable file", file.display()));
+            }
+        }
+        let egress = EgressConfig {
+            allow_http: self.egress.allow_http,
+            allow_private: self.egress.allow_private,
+            allow_cidrs,
+            allow_ports: self.egress.allow_ports,
+            ca_file,
+        };
+
+        for (i, name) in self.events.catalog.iter().enumerate() {
+            if name.is_empty() || name == "*" || name.len() > 255 {
+                problem(
+                    &format!("events.catalog[{i}]"),
+                    "event types are 1 to 255 characters and not \"*\"".into(),
+                );
+            }
+        }
+
+        let worker_threads = match self.server.worker_threads {
+            Some(0) => {
+                problem("server.worker_threads", "must be at least 1".into());
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let server = ServerConfig {
+            shutdown_grace: duration("server.shutdown_grace", &self.server.shutdown_grace, &mut problem),
+            worker_threads,
+        };
+
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problem("log.format", format!("unknown format {other:?} (expected \"text\" or \"json\")"));
+                LogFormat::Text
+            }
+        };
+
+        Config {
+            path: path.to_owned(),
+            proxy,
+            admin,
+            store,
+            signing: SigningConfig { header },
+            egress,
+            events: EventsConfig {
+                catalog: self.events.catalog,
+            },
+            server,
+            log: LogConfig { format },
+        }
+    }
+}
+
+impl RawToken {
+    fn validate(self, key: &str, problem: &mut impl FnMut(&str, String)) -> Option<AdminToken> {
+        let mut ok = true;
+        let mut sha256 = [0u8; 32];
+        if self.sha256.len() != 64 || hex::decode_to_slice(&self.sha256, &mut sha256).is_err() {
+            problem(&format!("{key}.sha256"), "must be 64 hex characters (the SHA-256 of the token)".into());
+            ok = false;
+        }
+        let mut permissions = Vec::new();
+        for p in &self.permissions {
+            match p.as_str() {
+                "webhook.view" => permissions.push(Permission::View),
+                "webhook.manage" => permissions.push(Permission::Manage),
+                other => {
+                    problem(
+                        &format!("{key}.permissions"),
+                        format!("unknown permission {other:?} (expected webhook.view or webhook.manage)"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        let companies = if self.companies.iter().any(|c| c == "*") {
+            Companies::All
+        } else {
+            let mut ids = Vec::new();
+            for c in &self.companies {
+                match Uuid::parse_str(c) {
+                    Ok(id) => ids.push(id),
+                    Err(_) => {
+                        problem(&format!("{key}.companies"), format!("{c:?} is not a company uuid or \"*\""));
+                        ok = false;
+                    }
+                }
+            }
+            Companies::Only(ids)
+        };
+        ok.then_some(AdminToken {
+            name: self.name,
+            sha256,
+            permissions,
+            companies,
+        })
+    }
+}
+
+fn socket_addr(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> SocketAddr {
+    text.parse().unwrap_or_else(|_| {
+        problem(key, format!("{text:?} is not an address:port such as \"127.0.0.1:8080\""));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    })
+}
+
+fn duration(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> Duration {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => d,
+        Ok(_) => {
+            problem(key, "must be longer than zero".into());
+            Duration::from_secs(1)
+        }
+        Err(err) => {
+            problem(key, format!("{text:?} is not a duration such as \"30s\" or \"500ms\" ({err})"));
+            Duration::from_secs(1)
+        }
+    }
+}
+
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/hooksign/config.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_spec_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.proxy.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.proxy.max_body_bytes, 1_048_576);
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.proxy.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(c.proxy.max_connections, 4096);
+        assert_eq!(c.proxy.auto_disable_after, 0);
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.admin.rate_limit_per_minute, 120);
+        assert!(c.admin.tokens.is_empty());
+        assert_eq!(c.store.backend, StoreBackend::File);
+        assert_eq!(c.store.path, PathBuf::from("/etc/hooksign/webhooks.toml"));
+        assert_eq!(c.store.etcd.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert_eq!(c.store.etcd.prefix, "/hooksign/");
+        assert_eq!(c.signing.header, "x-storno-signature");
+        assert!(!c.egress.allow_http && !c.egress.allow_private);
+        assert!(c.egress.allow_cidrs.is_empty() && c.egress.allow_ports.is_empty());
+        assert!(c.egress.ca_file.is_none());
+        assert!(c.events.catalog.is_empty());
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
+        assert!(c.server.worker_threads >= 1);
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_position() {
+        let err = parse("[proxy]\nmax_body_byte = 10\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("line 2"), "{text}");
+        assert!(text.contains("max_body_byte"), "{text}");
+        assert!(parse("[proxi]\n").is_err());
+    }
+
+    #[test]
+    fn durations_are_strings() {
+        let c = parse("[proxy]\nupstream_timeout = \"500ms\"\n").unwrap();
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_millis(500));
+        assert!(parse("[proxy]\nupstream_timeout = 30\n").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(
+            "[proxy]\nlisten = \"nope\"\nupstream_timeout = \"soon\"\n[log]\nformat = \"xml\"\n\
+             [[admin.tokens]]\nname = \"ops\"\nsha256 = \"abc\"\npermissions = [\"webhook.own\"]\n",
+        )
+        .unwrap_err();
+        let problems = err.problems();
+        assert_eq!(problems.len(), 5, "{problems:#?}");
+        for key in ["proxy.listen", "proxy.upstream_timeout", "log.format", "admin.tokens[0].sha256", "admin.tokens[0].permissions"] {
+            assert!(problems.iter().any(|p| p.contains(key)), "{key} missing from {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn tokens_parse() {
+        let c = parse(&format!(
+            "[[admin.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\npermissions = [\"webhook.view\", \"webhook.manage\"]\n\
+             companies = [\"550e8400-e29b-41d4-a716-446655440000\"]\n",
+            "ab".repeat(32)
+        ))
+        .unwrap();
+        let token = &c.admin.tokens[0];
+        assert_eq!(token.sha256, [0xab; 32]);
+        assert_eq!(token.permissions, vec![Permission::View, Permission::Manage]);
+        assert_eq!(
+            token.companies,
+            Companies::Only(vec!["550e8400-e29b-41d4-a716-446655440000".parse().unwrap()])
+        );
+    }
+
+    #[test]
+    fn cidrs_accept_blocks_and_addresses() {
+        let c = parse("[egress]\nallow_cidrs = [\"10.1.0.0/16\", \"192.168.1.5\", \"fd00::/8\"]\n").unwrap();
+        assert_eq!(c.egress.allow_cidrs.len(), 3);
+        assert!(parse("[egress]\nallow_cidrs = [\"10.1.0.0/33\"]\n").is_err());
+    }
+}

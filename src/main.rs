@@ -1,0 +1,24 @@
+//! The `hooksign` binary: parse the command line, run it, map the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit code for a configuration that cannot start `serve` (EX_CONFIG is 78; linkerd and
+/// sysexits' EX_USAGE use 64, which the spec names).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    match hooksign::cli::run(hooksign::cli::Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            let config = err.is_config();
+            eprintln!("hooksign: {:#}", anyhow::Error::from(err));
+            if config {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Prometheus metrics: one [`Metrics`] registry per process, held in the app state.
+//!
+//! Every label value comes from a closed enum, so cardinality is bounded by construction: no
+//! URL, uuid, path, secret or token ever becomes a label. Counters the delivery path touches are
+//! resolved to their label once, here, so a request only does atomic adds.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::proxy::Outcome;
+
+/// Upstream latency buckets, loopback to the far side of the internet (seconds).
+const UPSTREAM_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Why a store reload ended as it did (`result` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Rejected,
+}
+
+/// Every metric hooksign exports.
+pub struct Metrics {
+    registry: Registry,
+    deliveries: Vec<IntCounter>,
+    upstream_duration: Histogram,
+    in_flight: IntGauge,
+    reloads_applied: IntCounter,
+    reloads_rejected: IntCounter,
+    last_reload_success: IntGauge,
+    store_endpoints: IntGauge,
+    pub secret_rotations: IntCounter,
+    pub egress_blocked: IntCounterVec,
+    pub admin_requests: IntCounterVec,
+}
+
+/// Keeps `hooksign_proxy_requests_in_flight` up while it lives.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Metrics {
+    /// Builds and registers every metric on a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let deliveries_vec = IntCounterVec::new(
+            Opts::new("hooksign_deliveries_total", "Requests through the proxy port, by outcome"),
+            &["outcome"],
+        )?;
+        let deliveries = Outcome::ALL
+            .iter()
+            .map(|outcome| deliveries_vec.with_label_values(&[outcome.as_label()]))
+            .collect();
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "hooksign_upstream_duration_seconds",
+                "Time from sending a delivery upstream to its response headers",
+            )
+            .buckets(UPSTREAM_BUCKETS.to_vec()),
+        )?;
+        let in_flight = IntGauge::new("hooksign_proxy_requests_in_flight", "Proxy requests being handled now")?;
+        let reloads = IntCounterVec::new(
+            Opts::new("hooksign_store_reloads_total", "Store loads and reloads, by result"),
+            &["result"],
+        )?;
+        let last_reload_success = IntGauge::new(
+            "hooksign_store_last_reload_success",
+            "1 if the last store load succeeded, 0 if it was rejected",
+        )?;
+        let store_endpoints = IntGauge::new("hooksign_store_endpoints", "Endpoints in the snapshot in service")?;
+        let secret_rotations = IntCounter::new("hooksign_secret_rotations_total", "Secrets regenerated")?;
+        let egress_blocked = IntCounterVec::new(
+            Opts::new("hooksign_egress_blocked_total", "Destinations refused by the egress guard, by reason"),
+            &["reason"],
+        )?;
+        let admin_requests = IntCounterVec::new(
+            Opts::new("hooksign_admin_requests_total", "Admin API requests, by route and status"),
+            &["route", "status"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("hooksign_build_info", "Always 1; the version is a label"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        registry.register(Box::new(deliveries_vec))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(reloads.clone()))?;
+        registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(store_endpoints.clone()))?;
+        registry.register(Box::new(secret_rotations.clone()))?;
+        registry.register(Box::new(egress_blocked.clone()))?;
+        registry.register(Box::new(admin_requests.clone()))?;
+        registry.register(Box::new(build_info))?;
+
+        Ok(Self {
+            registry,
+            deliveries,
+            upstream_duration,
+            in_flight,
+            reloads_applied: reloads.with_label_values(&["success"]),
+            reloads_rejected: reloads.with_label_values(&["error"]),
+            last_reload_success,
+            store_endpoints,
+            secret_rotations,
+            egress_blocked,
+            admin_requests,
+        })
+    }
+
+    /// Counts one finished proxy request.
+    pub fn delivery(&self, outcome: Outcome) {
+        self.deliveries[outcome as usize].inc();
+    }
+
+    /// Records the upstream's time to response headers.
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    /// Marks a proxy request in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Records a store load: its result and, when applied, the endpoint count.
+    pub fn store_reload(&self, outcome: ReloadOutcome, endpoints: Option<usize>) {
+        match outcome {
+            ReloadOutcome::Applied => {
+                self.reloads_applied.inc();
+                self.last_reload_success.set(1);
+            }
+            ReloadOutcome::Rejected => {
+                self.reloads_rejected.inc();
+                self.last_reload_success.set(0);
+            }
+        }
+        if let Some(count) = endpoints {
+            self.store_endpoints.set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|err| prometheus::Error::Msg(err.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_has_its_own_counter() {
+        let metrics = Metrics::new().unwrap();
+        metrics.delivery(Outcome::Success);
+        metrics.delivery(Outcome::UpstreamTimeout);
+        metrics.delivery(Outcome::UpstreamTimeout);
+        let text = metrics.render().unwrap();
+        assert!(text.contains("hooksign_deliveries_total{outcome=\"success\"} 1"), "{text}");
+        assert!(text.contains("hooksign_deliveries_total{outcome=\"upstream_timeout\"} 2"), "{text}");
+        assert!(text.contains("hooksign_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn in_flight_guard_counts_up_and_down() {
+        let metrics = Metrics::new().unwrap();
+        {
+            let _a = metrics.in_flight();
+            let _b = metrics.in_flight();
+            assert!(metrics.render().unwrap().contains("hooksign_proxy_requests_in_flight 2"));
+        }
+        assert!(metrics.render().unwrap().contains("hooksign_proxy_requests_in_flight 0"));
+    }
+}

@@ -1,0 +1,113 @@
+//! The upstream client: pooled HTTP/1.1 keep-alive and HTTP/2 (by ALPN) over rustls, trusting
+//! the platform's roots plus `[egress] ca_file`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, RootCertStore};
+
+use super::body::ChunkBody;
+use crate::config::EgressConfig;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a TCP connect to an upstream may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pooled client every delivery goes through.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ChunkBody>;
+
+/// Why the TLS client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading egress.ca_file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("egress.ca_file {} holds no certificate", path.display())]
+    CaFileEmpty { path: PathBuf },
+    #[error("egress.ca_file {}: {source}", path.display())]
+    CaCertificate {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("building the TLS client: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("no trusted root certificates: the platform has none and egress.ca_file is not set")]
+    NoRoots,
+}
+
+/// Builds the pooled upstream client.
+pub fn build(egress: &EgressConfig) -> Result<UpstreamClient, ClientError> {
+    let tls = tls_config(egress)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(https))
+}
+
+/// The rustls client configuration: platform roots plus the configured CA file.
+pub fn tls_config(egress: &EgressConfig) -> Result<ClientConfig, ClientError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for err in &native.errors {
+        tracing::debug!(error = %err, "skipping an unreadable platform certificate");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, ignored, "loaded platform root certificates");
+    if let Some(path) = &egress.ca_file {
+        add_ca_file(&mut roots, path)?;
+    }
+    if roots.is_empty() {
+        return Err(ClientError::NoRoots);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), ClientError> {
+    let mut count = 0;
+    let certs = CertificateDer::pem_file_iter(path).map_err(|source| ClientError::CaFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    for cert in certs {
+        let cert = cert.map_err(|source| ClientError::CaFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        roots.add(cert).map_err(|source| ClientError::CaCertificate {
+            path: path.to_owned(),
+            source,
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ClientError::CaFileEmpty { path: path.to_owned() });
+    }
+    Ok(())
+}

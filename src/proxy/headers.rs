@@ -1,0 +1,72 @@
+//! Header rules for forwarding: hop-by-hop headers never cross the proxy, in either direction.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Hop-by-hop headers (RFC 9110 section 7.6.1, plus the legacy `Keep-Alive` and `Proxy-*`).
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes `Connection`, every header it names, and the fixed hop-by-hop set, `Proxy-*` included.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.keys().any(is_proxy_header) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|n| is_proxy_header(n)).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+fn is_proxy_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with("proxy-")
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn strips_the_fixed_set_and_what_connection_names() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Private-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("x-private-hop", "1"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "X-Checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("content-type", "application/json"),
+            ("x-custom", "kept"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["content-type", "x-custom"]);
+    }
+}

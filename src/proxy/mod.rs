@@ -1,0 +1,403 @@
+//! The proxy port: takes a delivery from the application, signs it, forwards it upstream and
+//! streams the response back (SPEC section 2).
+//!
+//! Per request: one atomic snapshot load, a lookup by uuid, the body read under the size limit
+//! while the pre-keyed HMAC is updated chunk by chunk (the chunks are kept, not copied), then one
+//! pooled upstream request. Every refusal is a JSON error with `X-Hooksign-Error: <code>` so the
+//! application can tell hooksign's answer from its customer's.
+
+mod body;
+pub mod client;
+mod headers;
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use body::ChunkBody;
+pub use headers::strip_hop_by_hop;
+
+use crate::signing::BodySigner;
+use crate::store::Status;
+use crate::AppState;
+
+/// The header naming the endpoint a delivery is for.
+pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
+/// The optional header naming the delivery's event type.
+pub const X_WEBHOOK_EVENT: HeaderName = HeaderName::from_static("x-webhook-event");
+/// Set on every response hooksign itself produces instead of the customer.
+pub const X_HOOKSIGN_ERROR: HeaderName = HeaderName::from_static("x-hooksign-error");
+/// The id of a refused request, also in the error body's `meta.requestId`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What the proxy answers: the upstream's streamed body, or hooksign's own JSON.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// How a proxy request ended. The label of `hooksign_deliveries_total`, and for refusals the
+/// `X-Hooksign-Error` code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered 2xx.
+    Success,
+    /// The upstream answered, but not 2xx.
+    Failed,
+    MissingWebhookId,
+    UnknownWebhook,
+    WebhookInactive,
+    EventNotSubscribed,
+    BodyTooLarge,
+    BodyReadTimeout,
+    BodyReadFailed,
+    DestinationForbidden,
+    UpstreamUnreachable,
+    UpstreamTls,
+    UpstreamTimeout,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order (the metrics index counters by discriminant).
+    pub const ALL: [Outcome; 13] = [
+        Self::Success,
+        Self::Failed,
+        Self::MissingWebhookId,
+        Self::UnknownWebhook,
+        Self::WebhookInactive,
+        Self::EventNotSubscribed,
+        Self::BodyTooLarge,
+        Self::BodyReadTimeout,
+        Self::BodyReadFailed,
+        Self::DestinationForbidden,
+        Self::UpstreamUnreachable,
+        Self::UpstreamTls,
+        Self::UpstreamTimeout,
+    ];
+
+    /// The metric label, which is also the error code for refusals.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::MissingWebhookId => "missing_webhook_id",
+            Self::UnknownWebhook => "unknown_webhook",
+            Self::WebhookInactive => "webhook_inactive",
+            Self::EventNotSubscribed => "event_not_subscribed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyReadTimeout => "body_read_timeout",
+            Self::BodyReadFailed => "body_read_failed",
+            Self::DestinationForbidden => "destination_forbidden",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTls => "upstream_tls",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Self::Success | Self::Failed => StatusCode::OK,
+            Self::MissingWebhookId | Self::BodyReadFailed => StatusCode::BAD_REQUEST,
+            Self::UnknownWebhook => StatusCode::NOT_FOUND,
+            Self::WebhookInactive => StatusCode::CONFLICT,
+            Self::EventNotSubscribed => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::DestinationForbidden => StatusCode::FORBIDDEN,
+            Self::UpstreamUnreachable | Self::UpstreamTls => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn message(self) -> &'static str {
+        match self {
+            Self::Success | Self::Failed => "delivered",
+            Self::MissingWebhookId => "X-Webhook-Id must name an endpoint by its uuid",
+            Self::UnknownWebhook => "no endpoint has this X-Webhook-Id",
+            Self::WebhookInactive => "the endpoint is not active",
+            Self::EventNotSubscribed => "the endpoint is not subscribed to this X-Webhook-Event",
+            Self::BodyTooLarge => "the body is larger than [proxy] max_body_bytes",
+            Self::BodyReadTimeout => "the body did not arrive within [proxy] body_read_timeout",
+            Self::BodyReadFailed => "the body could not be read",
+            Self::DestinationForbidden => "the endpoint's destination is forbidden by the egress policy",
+            Self::UpstreamUnreachable => "the endpoint's server could not be reached",
+            Self::UpstreamTls => "the TLS handshake with the endpoint's server failed",
+            Self::UpstreamTimeout => "the endpoint's server did not answer within [proxy] upstream_timeout",
+        }
+    }
+}
+
+/// Serves the proxy port on `listener` until `shutdown` fires, then drains in-flight requests for
+/// up to `[server] shutdown_grace`.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> io::Result<()> {
+    let config = &state.config.proxy;
+    let connections = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&connections).acquire_owned() => permit.expect("the connection semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let service = service_fn(move |request| handle(Arc::clone(&state), request));
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "proxy connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+
+    let grace = state.config.server.shutdown_grace;
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("proxy drained"),
+        () = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "shutdown grace elapsed; cutting remaining proxy connections"),
+    }
+    Ok(())
+}
+
+/// Handles one delivery. Never fails: every problem becomes a response.
+pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    let _in_flight = state.metrics.in_flight();
+    let response = match deliver(&state, request).await {
+        Ok(response) => response,
+        Err(outcome) => refusal(outcome),
+    };
+    Ok(response)
+}
+
+async fn deliver(state: &AppState, request: Request<Incoming>) -> Result<Response<ProxyBody>, Outcome> {
+    let (parts, body) = request.into_parts();
+    let uuid = parts
+        .headers
+        .get(&X_WEBHOOK_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| Uuid::try_parse(text.trim()).ok())
+        .ok_or_else(|| state.refuse(Outcome::MissingWebhookId, None))?;
+
+    let endpoint = Arc::clone(
+        state
+            .store
+            .snapshot()
+            .get(&uuid)
+            .ok_or_else(|| state.refuse(Outcome::UnknownWebhook, Some(&uuid)))?,
+    );
+    if endpoint.status != Status::Active {
+        return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
+    }
+    if let Some(event) = parts.headers.get(&X_WEBHOOK_EVENT) {
+        if !endpoint.subscribes_to(event.as_bytes()) {
+            return Err(state.refuse(Outcome::EventNotSubscribed, Some(&uuid)));
+        }
+    }
+    if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
+        return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
+    }
+
+    let limit = state.config.proxy.max_body_bytes;
+    if declared_length(&parts.headers).is_some_and(|len| len > limit) {
+        return Err(state.refuse(Outcome::BodyTooLarge, Some(&uuid)));
+    }
+    let (chunks, len, signer) = tokio::time::timeout(
+        state.config.proxy.body_read_timeout,
+        read_body(body, limit, endpoint.signer.begin()),
+    )
+    .await
+    .map_err(|_| Outcome::BodyReadTimeout)
+    .and_then(|read| read)
+    .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
+
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::EXPECT);
+    headers.remove(&X_WEBHOOK_ID);
+    headers.insert(&state.config.signing.header, signer.finish());
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+
+    let mut upstream_request = Request::new(ChunkBody::new(chunks, len));
+    *upstream_request.method_mut() = parts.method;
+    *upstream_request.uri_mut() = endpoint.target.clone();
+    *upstream_request.headers_mut() = headers;
+
+    let started = Instant::now();
+    let sent = tokio::time::timeout(
+        state.config.proxy.upstream_timeout,
+        state.upstream.request(upstream_request),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let response = match sent {
+        Err(_) => return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid))),
+        Ok(Err(err)) => {
+            let outcome = classify_upstream_error(&err);
+            tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
+            return Err(state.refuse(outcome, Some(&uuid)));
+        }
+        Ok(Ok(response)) => response,
+    };
+    state.metrics.upstream_duration(elapsed.as_secs_f64());
+
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let outcome = if parts.status.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    };
+    state.metrics.delivery(outcome);
+    tracing::debug!(endpoint = %uuid, status = parts.status.as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
+    Ok(Response::from_parts(parts, Either::Left(body)))
+}
+
+impl AppState {
+    /// Counts and logs a refusal; returns its outcome for the response.
+    fn refuse(&self, outcome: Outcome, endpoint: Option<&Uuid>) -> Outcome {
+        self.metrics.delivery(outcome);
+        match endpoint {
+            Some(uuid) => tracing::warn!(endpoint = %uuid, code = outcome.as_label(), "delivery refused"),
+            None => tracing::warn!(code = outcome.as_label(), "delivery refused"),
+        }
+        outcome
+    }
+}
+
+/// Reads the body under `limit`, signing each chunk as it arrives and keeping it.
+async fn read_body(
+    mut body: Incoming,
+    limit: u64,
+    mut signer: BodySigner,
+) -> Result<(Vec<Bytes>, u64, BodySigner), Outcome> {
+    let mut chunks = Vec::new();
+    let mut len: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Outcome::BodyReadFailed)?;
+        if let Ok(data) = frame.into_data() {
+            len += data.len() as u64;
+            if len > limit {
+                return Err(Outcome::BodyTooLarge);
+            }
+            if !data.is_empty() {
+                signer.update(&data);
+                chunks.push(data);
+            }
+        }
+    }
+    Ok((chunks, len, signer))
+}
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.trim().parse().ok())
+}
+
+/// A TLS failure anywhere in the cause chain is `upstream_tls`; anything else reaching the
+/// upstream is `upstream_unreachable`.
+fn classify_upstream_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        if current.downcast_ref::<rustls::Error>().is_some() {
+            return Outcome::UpstreamTls;
+        }
+        if let Some(io) = current.downcast_ref::<io::Error>() {
+            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
+                return Outcome::UpstreamTls;
+            }
+        }
+        cause = current.source();
+    }
+    Outcome::UpstreamUnreachable
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
+/// hooksign's own answer: the status, the JSON error envelope, `X-Hooksign-Error` and
+/// `X-Request-Id`.
+pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
+    let request_id = Uuid::new_v4().to_string();
+    let body = serde_json::json!({
+        "error": {"code": outcome.as_label(), "message": outcome.message()},
+        "meta": {"requestId": request_id},
+    });
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+    *response.status_mut() = outcome.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_HOOKSIGN_ERROR, HeaderValue::from_static(outcome.as_label()));
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_outcomes_in_declaration_order() {
+        for (index, outcome) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*outcome as usize, index, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_carry_code_status_and_json() {
+        let response = refusal(Outcome::UnknownWebhook);
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[&X_HOOKSIGN_ERROR], "unknown_webhook");
+        assert!(response.headers().contains_key(&X_REQUEST_ID));
+    }
+
+    #[test]
+    fn tls_errors_are_found_in_the_cause_chain() {
+        let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        assert_eq!(classify_upstream_error(&tls), Outcome::UpstreamTls);
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify_upstream_error(&refused), Outcome::UpstreamUnreachable);
+    }
+}
