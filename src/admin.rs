@@ -25,7 +25,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Serves the admin port on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await

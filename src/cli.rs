@@ -2,7 +2,7 @@
 //!
 //! [`run`] executes a parsed [`Cli`] and returns the process exit code; `main` only maps errors.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,7 +91,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
         Command::Token { name } => token(&name),
         Command::Sign { secret, file } => {
             let body = read_input(file.as_deref())?;
-            println!("{}", storno::sign(&Secret::new(secret), &body));
+            write_stdout(&format!("{}\n", storno::sign(&Secret::new(secret), &body)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -188,14 +188,17 @@ fn token(name: &str) -> Result<ExitCode, RunError> {
     })?;
     let token = Secret::new(format!("hks_{}", hex::encode(bytes.as_slice())));
     let digest = hex::encode(Sha256::digest(token.expose().as_bytes()));
-    println!("token: {}", token.expose());
-    println!();
-    println!("# Add to the config; only the hash is stored, so keep the token now.");
-    println!("[[admin.tokens]]");
-    println!("name = {name:?}");
-    println!("sha256 = \"{digest}\"");
-    println!("permissions = [\"webhook.view\", \"webhook.manage\"]");
-    println!("companies = [\"*\"]");
+    let text = format!(
+        "token: {token}\n\n\
+         # Add to the config; only the hash is stored, so keep the token now.\n\
+         [[admin.tokens]]\n\
+         name = {name:?}\n\
+         sha256 = \"{digest}\"\n\
+         permissions = [\"webhook.view\", \"webhook.manage\"]\n\
+         companies = [\"*\"]\n",
+        token = token.expose()
+    );
+    write_stdout(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -207,14 +210,17 @@ fn healthcheck(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("hooksign: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe(addr))) {
+    match runtime.block_on(async { tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe(addr)).await }) {
         Ok(Ok(200)) => ExitCode::SUCCESS,
         Ok(Ok(status)) => {
             eprintln!("http://{addr}/healthz answered {status}");
@@ -233,7 +239,8 @@ fn healthcheck(path: &Path) -> ExitCode {
 
 async fn probe(addr: SocketAddr) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::get("/healthz")
         .header(http::header::HOST, addr.to_string())
@@ -244,8 +251,12 @@ async fn probe(addr: SocketAddr) -> Result<u16, Box<dyn std::error::Error + Send
 /// A listener on the unspecified address is probed on loopback.
 fn loopback_for(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }
@@ -262,4 +273,15 @@ fn read_input(file: Option<&Path>) -> Result<Vec<u8>, RunError> {
         what: "reading the body",
         source,
     })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn write_stdout(text: &str) -> Result<(), RunError> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => Err(RunError::Io {
+            what: "writing to stdout",
+            source: err,
+        }),
+        _ => Ok(()),
+    }
 }

@@ -162,7 +162,10 @@ pub enum ConfigError {
         source: Box<toml::de::Error>,
     },
     #[error("config {}: {}", path.display(), problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
 }
 
 impl ConfigError {
@@ -395,13 +398,21 @@ impl RawConfig {
         let proxy = ProxyConfig {
             listen: socket_addr("proxy.listen", &self.proxy.listen, &mut problem),
             max_body_bytes: self.proxy.max_body_bytes,
-            upstream_timeout: duration("proxy.upstream_timeout", &self.proxy.upstream_timeout, &mut problem),
+            upstream_timeout: duration(
+                "proxy.upstream_timeout",
+                &self.proxy.upstream_timeout,
+                &mut problem,
+            ),
             header_read_timeout: duration(
                 "proxy.header_read_timeout",
                 &self.proxy.header_read_timeout,
                 &mut problem,
             ),
-            body_read_timeout: duration("proxy.body_read_timeout", &self.proxy.body_read_timeout, &mut problem),
+            body_read_timeout: duration(
+                "proxy.body_read_timeout",
+                &self.proxy.body_read_timeout,
+                &mut problem,
+            ),
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
         };
@@ -437,7 +448,10 @@ impl RawConfig {
                 StoreBackend::File
             }
             other => {
-                problem("store.backend", format!("unknown backend {other:?} (expected \"file\" or \"etcd\")"));
+                problem(
+                    "store.backend",
+                    format!("unknown backend {other:?} (expected \"file\" or \"etcd\")"),
+                );
                 StoreBackend::File
             }
         };
@@ -453,7 +467,10 @@ impl RawConfig {
         let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {
             Ok(name) => name,
             Err(_) => {
-                problem("signing.header", format!("{:?} is not a valid header name", self.signing.header));
+                problem(
+                    "signing.header",
+                    format!("{:?} is not a valid header name", self.signing.header),
+                );
                 HeaderName::from_static("x-storno-signature")
             }
         };
@@ -474,7 +491,10 @@ impl RawConfig {
         let ca_file = self.egress.ca_file.map(|file| base.join(file));
         if let Some(file) = &ca_file {
             if !file.is_file() {
-                problem("egress.ca_file", format!("{} is not a readable file", file.display()));
+                problem(
+                    "egress.ca_file",
+                    format!("{} is not a readable file", file.display()),
+                );
             }
         }
         let egress = EgressConfig {
@@ -503,7 +523,11 @@ impl RawConfig {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let server = ServerConfig {
-            shutdown_grace: duration("server.shutdown_grace", &self.server.shutdown_grace, &mut problem),
+            shutdown_grace: duration(
+                "server.shutdown_grace",
+                &self.server.shutdown_grace,
+                &mut problem,
+            ),
             worker_threads,
         };
 
@@ -511,7 +535,10 @@ impl RawConfig {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                problem("log.format", format!("unknown format {other:?} (expected \"text\" or \"json\")"));
+                problem(
+                    "log.format",
+                    format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                );
                 LogFormat::Text
             }
         };
@@ -537,7 +564,10 @@ impl RawToken {
         let mut ok = true;
         let mut sha256 = [0u8; 32];
         if self.sha256.len() != 64 || hex::decode_to_slice(&self.sha256, &mut sha256).is_err() {
-            problem(&format!("{key}.sha256"), "must be 64 hex characters (the SHA-256 of the token)".into());
+            problem(
+                &format!("{key}.sha256"),
+                "must be 64 hex characters (the SHA-256 of the token)".into(),
+            );
             ok = false;
         }
         let mut permissions = Vec::new();
@@ -562,7 +592,10 @@ impl RawToken {
                 match Uuid::parse_str(c) {
                     Ok(id) => ids.push(id),
                     Err(_) => {
-                        problem(&format!("{key}.companies"), format!("{c:?} is not a company uuid or \"*\""));
+                        problem(
+                            &format!("{key}.companies"),
+                            format!("{c:?} is not a company uuid or \"*\""),
+                        );
                         ok = false;
                     }
                 }
@@ -580,7 +613,10 @@ impl RawToken {
 
 fn socket_addr(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {
-        problem(key, format!("{text:?} is not an address:port such as \"127.0.0.1:8080\""));
+        problem(
+            key,
+            format!("{text:?} is not an address:port such as \"127.0.0.1:8080\""),
+        );
         SocketAddr::from(([127, 0, 0, 1], 0))
     })
 }
@@ -593,7 +629,10 @@ fn duration(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> Du
             Duration::from_secs(1)
         }
         Err(err) => {
-            problem(key, format!("{text:?} is not a duration such as \"30s\" or \"500ms\" ({err})"));
+            problem(
+                key,
+                format!("{text:?} is not a duration such as \"30s\" or \"500ms\" ({err})"),
+            );
             Duration::from_secs(1)
         }
     }
@@ -628,7 +667,10 @@ mod tests {
         assert!(c.admin.tokens.is_empty());
         assert_eq!(c.store.backend, StoreBackend::File);
         assert_eq!(c.store.path, PathBuf::from("/etc/hooksign/webhooks.toml"));
-        assert_eq!(c.store.etcd.endpoints, vec!["http://127.0.0.1:2379".to_owned()]);
+        assert_eq!(
+            c.store.etcd.endpoints,
+            vec!["http://127.0.0.1:2379".to_owned()]
+        );
         assert_eq!(c.store.etcd.prefix, "/hooksign/");
         assert_eq!(c.signing.header, "x-storno-signature");
         assert!(!c.egress.allow_http && !c.egress.allow_private);
@@ -665,8 +707,17 @@ mod tests {
         .unwrap_err();
         let problems = err.problems();
         assert_eq!(problems.len(), 5, "{problems:#?}");
-        for key in ["proxy.listen", "proxy.upstream_timeout", "log.format", "admin.tokens[0].sha256", "admin.tokens[0].permissions"] {
-            assert!(problems.iter().any(|p| p.contains(key)), "{key} missing from {problems:#?}");
+        for key in [
+            "proxy.listen",
+            "proxy.upstream_timeout",
+            "log.format",
+            "admin.tokens[0].sha256",
+            "admin.tokens[0].permissions",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key} missing from {problems:#?}"
+            );
         }
     }
 
@@ -680,16 +731,22 @@ mod tests {
         .unwrap();
         let token = &c.admin.tokens[0];
         assert_eq!(token.sha256, [0xab; 32]);
-        assert_eq!(token.permissions, vec![Permission::View, Permission::Manage]);
+        assert_eq!(
+            token.permissions,
+            vec![Permission::View, Permission::Manage]
+        );
         assert_eq!(
             token.companies,
-            Companies::Only(vec!["550e8400-e29b-41d4-a716-446655440000".parse().unwrap()])
+            Companies::Only(vec!["550e8400-e29b-41d4-a716-446655440000"
+                .parse()
+                .unwrap()])
         );
     }
 
     #[test]
     fn cidrs_accept_blocks_and_addresses() {
-        let c = parse("[egress]\nallow_cidrs = [\"10.1.0.0/16\", \"192.168.1.5\", \"fd00::/8\"]\n").unwrap();
+        let c = parse("[egress]\nallow_cidrs = [\"10.1.0.0/16\", \"192.168.1.5\", \"fd00::/8\"]\n")
+            .unwrap();
         assert_eq!(c.egress.allow_cidrs.len(), 3);
         assert!(parse("[egress]\nallow_cidrs = [\"10.1.0.0/33\"]\n").is_err());
     }

@@ -27,7 +27,7 @@ pub mod secret;
 pub mod signing;
 pub mod store;
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -140,9 +140,21 @@ impl Listeners {
 }
 
 /// Serves both ports until `shutdown` fires (or one of them fails), then drains.
-pub async fn serve(state: Arc<AppState>, listeners: Listeners, shutdown: CancellationToken) -> Result<(), RunError> {
-    let mut proxy = tokio::spawn(proxy::serve(listeners.proxy, Arc::clone(&state), shutdown.clone()));
-    let mut admin = tokio::spawn(admin::serve(listeners.admin, Arc::clone(&state), shutdown.clone()));
+pub async fn serve(
+    state: Arc<AppState>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let mut proxy = tokio::spawn(proxy::serve(
+        listeners.proxy,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
+    let mut admin = tokio::spawn(admin::serve(
+        listeners.admin,
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
     let joined = |result: Result<io::Result<()>, tokio::task::JoinError>, what| match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(source)) => Err(RunError::Io { what, source }),
@@ -156,7 +168,11 @@ pub async fn serve(state: Arc<AppState>, listeners: Listeners, shutdown: Cancell
         result = &mut proxy => { shutdown.cancel(); (joined(result, "proxy server"), true) }
         result = &mut admin => { shutdown.cancel(); (joined(result, "admin server"), false) }
     };
-    let second = if first.1 { joined(admin.await, "admin server") } else { joined(proxy.await, "proxy server") };
+    let second = if first.1 {
+        joined(admin.await, "admin server")
+    } else {
+        joined(proxy.await, "proxy server")
+    };
     first.0.and(second)
 }
 
@@ -192,7 +208,10 @@ pub async fn shutdown_signal() {
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(io::stderr().is_terminal())
+        .with_writer(io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

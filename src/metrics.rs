@@ -5,8 +5,8 @@
 //! resolved to their label once, here, so a request only does atomic adds.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::proxy::Outcome;
@@ -46,7 +46,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let deliveries_vec = IntCounterVec::new(
-            Opts::new("hooksign_deliveries_total", "Requests through the proxy port, by outcome"),
+            Opts::new(
+                "hooksign_deliveries_total",
+                "Requests through the proxy port, by outcome",
+            ),
             &["outcome"],
         )?;
         let deliveries = Outcome::ALL
@@ -60,30 +63,48 @@ impl Metrics {
             )
             .buckets(UPSTREAM_BUCKETS.to_vec()),
         )?;
-        let in_flight = IntGauge::new("hooksign_proxy_requests_in_flight", "Proxy requests being handled now")?;
+        let in_flight = IntGauge::new(
+            "hooksign_proxy_requests_in_flight",
+            "Proxy requests being handled now",
+        )?;
         let reloads = IntCounterVec::new(
-            Opts::new("hooksign_store_reloads_total", "Store loads and reloads, by result"),
+            Opts::new(
+                "hooksign_store_reloads_total",
+                "Store loads and reloads, by result",
+            ),
             &["result"],
         )?;
         let last_reload_success = IntGauge::new(
             "hooksign_store_last_reload_success",
             "1 if the last store load succeeded, 0 if it was rejected",
         )?;
-        let store_endpoints = IntGauge::new("hooksign_store_endpoints", "Endpoints in the snapshot in service")?;
-        let secret_rotations = IntCounter::new("hooksign_secret_rotations_total", "Secrets regenerated")?;
+        let store_endpoints = IntGauge::new(
+            "hooksign_store_endpoints",
+            "Endpoints in the snapshot in service",
+        )?;
+        let secret_rotations =
+            IntCounter::new("hooksign_secret_rotations_total", "Secrets regenerated")?;
         let egress_blocked = IntCounterVec::new(
-            Opts::new("hooksign_egress_blocked_total", "Destinations refused by the egress guard, by reason"),
+            Opts::new(
+                "hooksign_egress_blocked_total",
+                "Destinations refused by the egress guard, by reason",
+            ),
             &["reason"],
         )?;
         let admin_requests = IntCounterVec::new(
-            Opts::new("hooksign_admin_requests_total", "Admin API requests, by route and status"),
+            Opts::new(
+                "hooksign_admin_requests_total",
+                "Admin API requests, by route and status",
+            ),
             &["route", "status"],
         )?;
         let build_info = IntGaugeVec::new(
             Opts::new("hooksign_build_info", "Always 1; the version is a label"),
             &["version"],
         )?;
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
 
         registry.register(Box::new(deliveries_vec))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -140,7 +161,8 @@ impl Metrics {
             }
         }
         if let Some(count) = endpoints {
-            self.store_endpoints.set(i64::try_from(count).unwrap_or(i64::MAX));
+            self.store_endpoints
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 
@@ -175,8 +197,14 @@ mod tests {
         metrics.delivery(Outcome::UpstreamTimeout);
         metrics.delivery(Outcome::UpstreamTimeout);
         let text = metrics.render().unwrap();
-        assert!(text.contains("hooksign_deliveries_total{outcome=\"success\"} 1"), "{text}");
-        assert!(text.contains("hooksign_deliveries_total{outcome=\"upstream_timeout\"} 2"), "{text}");
+        assert!(
+            text.contains("hooksign_deliveries_total{outcome=\"success\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooksign_deliveries_total{outcome=\"upstream_timeout\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("hooksign_build_info{version="), "{text}");
     }
 
@@ -186,8 +214,14 @@ mod tests {
         {
             let _a = metrics.in_flight();
             let _b = metrics.in_flight();
-            assert!(metrics.render().unwrap().contains("hooksign_proxy_requests_in_flight 2"));
+            assert!(metrics
+                .render()
+                .unwrap()
+                .contains("hooksign_proxy_requests_in_flight 2"));
         }
-        assert!(metrics.render().unwrap().contains("hooksign_proxy_requests_in_flight 0"));
+        assert!(metrics
+            .render()
+            .unwrap()
+            .contains("hooksign_proxy_requests_in_flight 0"));
     }
 }

@@ -51,7 +51,15 @@ impl Secret {
 
     /// The last four characters, shown by the admin API as `...abcd`.
     pub fn hint(&self) -> String {
-        let tail: String = self.0.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = self
+            .0
+            .chars()
+            .rev()
+            .take(4)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("...{tail}")
     }
 }
@@ -60,7 +68,9 @@ impl Secret {
 pub fn is_hex_secret(value: &str) -> bool {
     value.strip_prefix(SECRET_PREFIX).is_some_and(|rest| {
         rest.len() == 2 * SECRET_RANDOM_BYTES
-            && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

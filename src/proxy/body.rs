@@ -64,7 +64,10 @@ mod tests {
 
     #[tokio::test]
     async fn yields_the_chunks_in_order_with_an_exact_size() {
-        let body = ChunkBody::new(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")], 5);
+        let body = ChunkBody::new(
+            vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")],
+            5,
+        );
         assert_eq!(body.size_hint().exact(), Some(5));
         assert!(!body.is_end_stream());
         let collected = body.collect().await.unwrap().to_bytes();

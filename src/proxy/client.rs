@@ -100,14 +100,18 @@ fn add_ca_file(roots: &mut RootCertStore, path: &Path) -> Result<(), ClientError
             path: path.to_owned(),
             source,
         })?;
-        roots.add(cert).map_err(|source| ClientError::CaCertificate {
-            path: path.to_owned(),
-            source,
-        })?;
+        roots
+            .add(cert)
+            .map_err(|source| ClientError::CaCertificate {
+                path: path.to_owned(),
+                source,
+            })?;
         count += 1;
     }
     if count == 0 {
-        return Err(ClientError::CaFileEmpty { path: path.to_owned() });
+        return Err(ClientError::CaFileEmpty {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }

@@ -30,7 +30,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     if headers.keys().any(is_proxy_header) {
-        let proxy: Vec<HeaderName> = headers.keys().filter(|n| is_proxy_header(n)).cloned().collect();
+        let proxy: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| is_proxy_header(n))
+            .cloned()
+            .collect();
         for name in proxy {
             headers.remove(name);
         }
@@ -63,7 +67,10 @@ mod tests {
             ("content-type", "application/json"),
             ("x-custom", "kept"),
         ] {
-            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
         }
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();

@@ -131,17 +131,25 @@ impl Outcome {
             Self::BodyTooLarge => "the body is larger than [proxy] max_body_bytes",
             Self::BodyReadTimeout => "the body did not arrive within [proxy] body_read_timeout",
             Self::BodyReadFailed => "the body could not be read",
-            Self::DestinationForbidden => "the endpoint's destination is forbidden by the egress policy",
+            Self::DestinationForbidden => {
+                "the endpoint's destination is forbidden by the egress policy"
+            }
             Self::UpstreamUnreachable => "the endpoint's server could not be reached",
             Self::UpstreamTls => "the TLS handshake with the endpoint's server failed",
-            Self::UpstreamTimeout => "the endpoint's server did not answer within [proxy] upstream_timeout",
+            Self::UpstreamTimeout => {
+                "the endpoint's server did not answer within [proxy] upstream_timeout"
+            }
         }
     }
 }
 
 /// Serves the proxy port on `listener` until `shutdown` fires, then drains in-flight requests for
 /// up to `[server] shutdown_grace`.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) -> io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
     let config = &state.config.proxy;
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
@@ -190,7 +198,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
 }
 
 /// Handles one delivery. Never fails: every problem becomes a response.
-pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(
+    state: Arc<AppState>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = state.metrics.in_flight();
     let response = match deliver(&state, request).await {
         Ok(response) => response,
@@ -199,7 +210,10 @@ pub async fn handle(state: Arc<AppState>, request: Request<Incoming>) -> Result<
     Ok(response)
 }
 
-async fn deliver(state: &AppState, request: Request<Incoming>) -> Result<Response<ProxyBody>, Outcome> {
+async fn deliver(
+    state: &AppState,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Outcome> {
     let (parts, body) = request.into_parts();
     let uuid = parts
         .headers
@@ -288,7 +302,9 @@ impl AppState {
     fn refuse(&self, outcome: Outcome, endpoint: Option<&Uuid>) -> Outcome {
         self.metrics.delivery(outcome);
         match endpoint {
-            Some(uuid) => tracing::warn!(endpoint = %uuid, code = outcome.as_label(), "delivery refused"),
+            Some(uuid) => {
+                tracing::warn!(endpoint = %uuid, code = outcome.as_label(), "delivery refused")
+            }
             None => tracing::warn!(code = outcome.as_label(), "delivery refused"),
         }
         outcome
@@ -329,19 +345,24 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 /// A TLS failure anywhere in the cause chain is `upstream_tls`; anything else reaching the
 /// upstream is `upstream_unreachable`.
 fn classify_upstream_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = cause {
-        if current.downcast_ref::<rustls::Error>().is_some() {
-            return Outcome::UpstreamTls;
-        }
-        if let Some(io) = current.downcast_ref::<io::Error>() {
-            if io.get_ref().is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) {
-                return Outcome::UpstreamTls;
-            }
-        }
-        cause = current.source();
+    if caused_by_tls(err) {
+        Outcome::UpstreamTls
+    } else {
+        Outcome::UpstreamUnreachable
     }
-    Outcome::UpstreamUnreachable
+}
+
+/// `io::Error::source` skips the error it wraps, so wrapped errors are opened explicitly.
+fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.is::<rustls::Error>() {
+        return true;
+    }
+    if let Some(inner) = err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+        if caused_by_tls(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(caused_by_tls)
 }
 
 fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
@@ -366,8 +387,14 @@ pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = outcome.status();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(X_HOOKSIGN_ERROR, HeaderValue::from_static(outcome.as_label()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        X_HOOKSIGN_ERROR,
+        HeaderValue::from_static(outcome.as_label()),
+    );
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(X_REQUEST_ID, value);
     }
@@ -395,9 +422,20 @@ mod tests {
 
     #[test]
     fn tls_errors_are_found_in_the_cause_chain() {
-        let tls = io::Error::new(io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
         assert_eq!(classify_upstream_error(&tls), Outcome::UpstreamTls);
+        let nested = io::Error::other(io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature),
+        ));
+        assert_eq!(classify_upstream_error(&nested), Outcome::UpstreamTls);
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
-        assert_eq!(classify_upstream_error(&refused), Outcome::UpstreamUnreachable);
+        assert_eq!(
+            classify_upstream_error(&refused),
+            Outcome::UpstreamUnreachable
+        );
     }
 }

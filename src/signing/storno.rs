@@ -76,7 +76,10 @@ mod tests {
 
     #[test]
     fn matches_the_rfc_4231_vector() {
-        assert_eq!(sign(&Secret::new("Jefe"), b"what do ya want for nothing?"), RFC4231_CASE2);
+        assert_eq!(
+            sign(&Secret::new("Jefe"), b"what do ya want for nothing?"),
+            RFC4231_CASE2
+        );
     }
 
     #[test]

@@ -43,7 +43,12 @@ impl FileBackend {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => Zeroizing::new(text),
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LoadError::Read { path: display, source }),
+            Err(source) => {
+                return Err(LoadError::Read {
+                    path: display,
+                    source,
+                })
+            }
         };
         parse_store(&text, &display).map(Some)
     }
@@ -77,7 +82,12 @@ pub fn parse_store(text: &str, path: &str) -> Result<Snapshot, LoadError> {
         let table = table.into_inner();
         let field_spans: Vec<(String, usize)> = table
             .keys()
-            .map(|k| (k.clone(), find_key(text, span.clone(), k).unwrap_or(span.start)))
+            .map(|k| {
+                (
+                    k.clone(),
+                    find_key(text, span.clone(), k).unwrap_or(span.start),
+                )
+            })
             .collect();
         match EndpointRecord::deserialize(toml::Value::Table(table)) {
             Ok(record) => {
@@ -101,7 +111,10 @@ pub fn parse_store(text: &str, path: &str) -> Result<Snapshot, LoadError> {
     }
     Snapshot::build(records, |index, field| {
         let (start, fields) = &spans[index];
-        let offset = fields.iter().find(|(k, _)| k == field).map_or(*start, |(_, o)| *o);
+        let offset = fields
+            .iter()
+            .find(|(k, _)| k == field)
+            .map_or(*start, |(_, o)| *o);
         let (line, column) = line_column(text, offset);
         format!("webhooks[{index}].{field} (line {line}, column {column})")
     })
@@ -115,7 +128,11 @@ pub fn parse_store(text: &str, path: &str) -> Result<Snapshot, LoadError> {
 /// position and the reason.
 fn redact_toml_error(err: &toml::de::Error) -> String {
     match err.span() {
-        Some(span) => format!("TOML parse error at {}: {}", position_text(err, span.start), err.message()),
+        Some(span) => format!(
+            "TOML parse error at {}: {}",
+            position_text(err, span.start),
+            err.message()
+        ),
         None => format!("TOML parse error: {}", err.message()),
     }
 }
@@ -150,7 +167,10 @@ fn find_key(text: &str, span: std::ops::Range<usize>, key: &str) -> Option<usize
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let column = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, column)
 }
 
@@ -183,7 +203,10 @@ updated_at = "2026-02-18T10:00:00Z"
         let text = GOOD.replace("https://your-app", "ftp://your-app");
         let err = parse_store(&text, "webhooks.toml").unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("webhooks[0].url (line 5, column 1)"), "{message}");
+        assert!(
+            message.contains("webhooks[0].url (line 5, column 1)"),
+            "{message}"
+        );
     }
 
     #[test]

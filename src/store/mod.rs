@@ -60,7 +60,9 @@ impl LoadError {
     /// Every problem as its own line, for `hooksign check`.
     pub fn problems(&self) -> Vec<String> {
         match self {
-            Self::Invalid { path, problems } => problems.iter().map(|p| format!("{path}: {p}")).collect(),
+            Self::Invalid { path, problems } => {
+                problems.iter().map(|p| format!("{path}: {p}")).collect()
+            }
             other => vec![other.to_string()],
         }
     }
@@ -123,7 +125,9 @@ impl Snapshot {
                         problems.push(format!("{}: duplicate uuid {uuid}", locate(index, "uuid")));
                     }
                 }
-                Err((field, message)) => problems.push(format!("{}: {message}", locate(index, field))),
+                Err((field, message)) => {
+                    problems.push(format!("{}: {message}", locate(index, field)))
+                }
             }
         }
         if problems.is_empty() {
@@ -227,14 +231,18 @@ impl Endpoint {
     /// Validates a record; on failure, the field at fault and what is wrong (never a secret).
     pub fn from_record(record: EndpointRecord) -> Result<Self, (&'static str, String)> {
         let uuid = Uuid::parse_str(&record.uuid).map_err(|_| ("uuid", "not a uuid".to_owned()))?;
-        let company = Uuid::parse_str(&record.company).map_err(|_| ("company", "not a uuid".to_owned()))?;
+        let company =
+            Uuid::parse_str(&record.company).map_err(|_| ("company", "not a uuid".to_owned()))?;
         let url = parse_endpoint_url(&record.url).map_err(|why| ("url", why))?;
         let target: Uri = url
             .as_str()
             .parse()
             .map_err(|_| ("url", "not usable as an HTTP request target".to_owned()))?;
         if record.events.is_empty() {
-            return Err(("events", "must list at least one event type, or \"*\"".into()));
+            return Err((
+                "events",
+                "must list at least one event type, or \"*\"".into(),
+            ));
         }
         if record.events.iter().any(|e| e.is_empty()) {
             return Err(("events", "event types cannot be empty".into()));
@@ -247,16 +255,26 @@ impl Endpoint {
             other => {
                 return Err((
                     "status",
-                    format!("unknown status {other:?} (expected active, disabled or auto_disabled)"),
+                    format!(
+                        "unknown status {other:?} (expected active, disabled or auto_disabled)"
+                    ),
                 ))
             }
         };
-        let scheme: Scheme = record.scheme.parse().map_err(|err: crate::signing::UnknownScheme| ("scheme", err.to_string()))?;
+        let scheme: Scheme = record
+            .scheme
+            .parse()
+            .map_err(|err: crate::signing::UnknownScheme| ("scheme", err.to_string()))?;
         if !secret::is_hex_secret(record.secret.expose()) {
-            return Err(("secret", "must be whsec_ followed by 64 lowercase hex characters".into()));
+            return Err((
+                "secret",
+                "must be whsec_ followed by 64 lowercase hex characters".into(),
+            ));
         }
-        let created_at = parse_time(record.created_at.as_deref()).map_err(|why| ("created_at", why))?;
-        let updated_at = parse_time(record.updated_at.as_deref()).map_err(|why| ("updated_at", why))?;
+        let created_at =
+            parse_time(record.created_at.as_deref()).map_err(|why| ("created_at", why))?;
+        let updated_at =
+            parse_time(record.updated_at.as_deref()).map_err(|why| ("updated_at", why))?;
         let signer = EndpointSigner::new(scheme, &record.secret);
         Ok(Self {
             uuid,
@@ -342,7 +360,8 @@ mod tests {
 
     #[test]
     fn a_valid_record_builds() {
-        let snapshot = Snapshot::build(vec![record(ID)], |i, f| format!("webhooks[{i}].{f}")).unwrap();
+        let snapshot =
+            Snapshot::build(vec![record(ID)], |i, f| format!("webhooks[{i}].{f}")).unwrap();
         let endpoint = snapshot.get(&ID.parse().unwrap()).unwrap();
         assert_eq!(endpoint.target, "https://example.com/hooks?x=1");
         assert!(endpoint.subscribes_to(b"invoice.created"));
@@ -355,15 +374,20 @@ mod tests {
         bad_url.url = "ftp://example.com".into();
         let mut bad_secret = record("c1b2c3d4-e5f6-7890-abcd-ef1234567890");
         bad_secret.secret = Secret::new("whsec_short");
-        let problems = Snapshot::build(vec![record(ID), record(ID), bad_url, bad_secret], |i, f| {
-            format!("webhooks[{i}].{f}")
-        })
-        .unwrap_err();
+        let problems =
+            Snapshot::build(vec![record(ID), record(ID), bad_url, bad_secret], |i, f| {
+                format!("webhooks[{i}].{f}")
+            })
+            .unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(problems[0].starts_with("webhooks[1].uuid: duplicate"));
         assert!(problems[1].starts_with("webhooks[2].url"));
         assert!(problems[2].starts_with("webhooks[3].secret"));
-        assert!(!problems[2].contains("short"), "a secret leaked into {}", problems[2]);
+        assert!(
+            !problems[2].contains("short"),
+            "a secret leaked into {}",
+            problems[2]
+        );
     }
 
     #[test]

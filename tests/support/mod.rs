@@ -1,0 +1,577 @@
+//! Shared test harness: real servers on 127.0.0.1:0.
+//!
+//! - [`Pki`]: an rcgen CA and a leaf for `localhost` / `127.0.0.1`, the CA written to a PEM file
+//!   that hooksign trusts through `[egress] ca_file`.
+//! - [`Upstream`]: a real TLS (or plain HTTP) server that records every request it receives and
+//!   counts its TCP connections.
+//! - [`TestServer`]: hooksign in-process, stopped on drop.
+//! - [`TestBinary`]: the real `hooksign` binary, both ports on 127.0.0.1:0, read from its
+//!   `ready proxy=… admin=…` line.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use hooksign::config::Config;
+use hooksign::{AppState, Listeners};
+
+pub const COMPANY: &str = "550e8400-e29b-41d4-a716-446655440000";
+
+// === Pki ===
+
+/// A test CA, a leaf it signed, and the CA as a PEM file.
+pub struct Pki {
+    pub dir: TempDir,
+    pub ca_path: PathBuf,
+    pub leaf_der: CertificateDer<'static>,
+    pub leaf_key_der: Vec<u8>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "hooksign test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        leaf_params.is_ca = rcgen::IsCa::ExplicitNoCa;
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        Self {
+            dir,
+            ca_path,
+            leaf_der: leaf.der().clone(),
+            leaf_key_der: leaf_key.serialize_der(),
+        }
+    }
+
+    fn server_config(&self, alpn: &[&[u8]]) -> rustls::ServerConfig {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.leaf_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key_der.clone())),
+            )
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        config
+    }
+}
+
+// === Upstream ===
+
+/// One request as the upstream saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: Method,
+    /// Path and query.
+    pub target: String,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// How the upstream behaves.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    /// Serve TLS (with the [`Pki`] leaf); plain HTTP when false.
+    pub tls: bool,
+    /// Offer `h2` by ALPN (besides `http/1.1`).
+    pub h2: bool,
+    /// Wait this long before answering.
+    pub delay: Duration,
+    pub status: StatusCode,
+    /// Extra response headers.
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            tls: true,
+            h2: false,
+            delay: Duration::ZERO,
+            status: StatusCode::OK,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A recording upstream server on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    tls: bool,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    pub async fn start(pki: &Pki, options: UpstreamOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let alpn: Vec<&[u8]> = if options.h2 {
+            vec![b"h2", b"http/1.1"]
+        } else {
+            vec![b"http/1.1"]
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config(&alpn)));
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let tls = options.tls;
+        let options = Arc::new(options);
+        {
+            let (recorded, connections, stop) =
+                (recorded.clone(), connections.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let stream = tokio::select! {
+                        () = stop.cancelled() => break,
+                        accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
+                    };
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let (acceptor, recorded, options, stop) = (
+                        acceptor.clone(),
+                        recorded.clone(),
+                        options.clone(),
+                        stop.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let plain = !options.tls;
+                        let service = service_fn(move |request| {
+                            respond(request, recorded.clone(), options.clone())
+                        });
+                        if plain {
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service);
+                            tokio::select! { _ = conn => {}, () = stop.cancelled() => {} }
+                            return;
+                        }
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                        if is_h2 {
+                            let conn =
+                                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                                    .serve_connection(TokioIo::new(tls), service);
+                            tokio::select! { _ = conn => {}, () = stop.cancelled() => {} }
+                        } else {
+                            let conn = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(tls), service);
+                            tokio::select! { _ = conn => {}, () = stop.cancelled() => {} }
+                        }
+                    });
+                }
+            });
+        }
+        Self {
+            addr,
+            tls,
+            recorded,
+            connections,
+            stop,
+        }
+    }
+
+    /// `https://localhost:PORT{path}` (or `http://` for a plain upstream).
+    pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn respond(
+    request: Request<Incoming>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    options: Arc<UpstreamOptions>,
+) -> Result<http::Response<Full<Bytes>>, hyper::Error> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await?.to_bytes();
+    recorded.lock().unwrap().push(Recorded {
+        method: parts.method,
+        target: parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.to_string())
+            .unwrap_or_default(),
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    });
+    if !options.delay.is_zero() {
+        tokio::time::sleep(options.delay).await;
+    }
+    let mut response = http::Response::new(Full::new(Bytes::from_static(b"{\"received\":true}")));
+    *response.status_mut() = options.status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    for (name, value) in &options.headers {
+        response.headers_mut().append(*name, value.parse().unwrap());
+    }
+    Ok(response)
+}
+
+// === store and config files ===
+
+/// One `[[webhooks]]` table for the store file.
+#[derive(Clone, Debug)]
+pub struct EndpointSpec {
+    pub uuid: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub status: String,
+    pub secret: String,
+}
+
+impl EndpointSpec {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            url: url.into(),
+            events: vec!["invoice.created".into(), "invoice.paid".into()],
+            status: "active".into(),
+            secret: hooksign::secret::Secret::generate()
+                .unwrap()
+                .expose()
+                .to_owned(),
+        }
+    }
+
+    pub fn toml(&self) -> String {
+        let events: Vec<String> = self.events.iter().map(|e| format!("{e:?}")).collect();
+        format!(
+            "[[webhooks]]\nuuid = {:?}\ncompany = {COMPANY:?}\nurl = {:?}\nevents = [{}]\nstatus = {:?}\nsecret = {:?}\n\n",
+            self.uuid,
+            self.url,
+            events.join(", "),
+            self.status,
+            self.secret
+        )
+    }
+}
+
+/// The text of a store file holding `endpoints`.
+pub fn store_toml(endpoints: &[&EndpointSpec]) -> String {
+    endpoints.iter().map(|e| e.toml()).collect()
+}
+
+/// A config file under construction: extra lines per table; listeners always on port 0.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSpec {
+    tables: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl ConfigSpec {
+    /// Both listeners on 127.0.0.1:0, the CA trusted when given.
+    pub fn new(pki: Option<&Pki>) -> Self {
+        let mut spec = Self::default();
+        spec = spec.set("proxy", "listen = \"127.0.0.1:0\"");
+        spec = spec.set("admin", "listen = \"127.0.0.1:0\"");
+        spec = spec.set("store", "path = \"webhooks.toml\"");
+        spec = spec.set("server", "shutdown_grace = \"5s\"");
+        if let Some(pki) = pki {
+            spec = spec.set(
+                "egress",
+                &format!("ca_file = {:?}", pki.ca_path.display().to_string()),
+            );
+        }
+        spec
+    }
+
+    /// Adds `line` to `[table]`.
+    pub fn set(mut self, table: &'static str, line: &str) -> Self {
+        self.tables.entry(table).or_default().push(line.to_owned());
+        self
+    }
+
+    pub fn text(&self) -> String {
+        self.tables
+            .iter()
+            .map(|(table, lines)| format!("[{table}]\n{}\n\n", lines.join("\n")))
+            .collect()
+    }
+
+    /// Writes `config.toml` and `webhooks.toml` into `dir`; returns the config path.
+    pub fn write(&self, dir: &Path, store: &str) -> PathBuf {
+        let path = dir.join("config.toml");
+        std::fs::write(&path, self.text()).unwrap();
+        std::fs::write(dir.join("webhooks.toml"), store).unwrap();
+        path
+    }
+}
+
+// === TestServer ===
+
+/// hooksign running in-process on 127.0.0.1:0; stopped when dropped.
+pub struct TestServer {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<AppState>,
+    pub dir: TempDir,
+    stop: CancellationToken,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl TestServer {
+    pub async fn start(config: &ConfigSpec, store: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = config.write(dir.path(), store);
+        let config = Config::load(&path).unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let proxy = listeners.proxy.local_addr().unwrap();
+        let admin = listeners.admin.local_addr().unwrap();
+        let state = AppState::build(config).await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(hooksign::serve(Arc::clone(&state), listeners, stop.clone()));
+        Self {
+            proxy,
+            admin,
+            state,
+            dir,
+            stop,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// Sends a delivery to the proxy port.
+    pub async fn deliver(&self, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Reply {
+        self.send(Method::POST, "/", headers, body).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::new(Full::new(body.into()));
+        *request.method_mut() = method;
+        *request.uri_mut() = format!("http://{}{path}", self.proxy).parse().unwrap();
+        for (name, value) in headers {
+            request.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .expect("the proxy answered within 20 s")
+            .unwrap();
+        Reply::read(response).await
+    }
+
+    /// GET a path on the admin port.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let response = self
+            .client
+            .get(format!("http://{}{path}", self.admin).parse().unwrap())
+            .await
+            .unwrap();
+        Reply::read(response).await
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    async fn read(response: http::Response<Incoming>) -> Self {
+        let (parts, body) = response.into_parts();
+        Self {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {:?}", self.body))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `X-Hooksign-Error` code, if hooksign refused.
+    pub fn hooksign_error(&self) -> Option<&str> {
+        self.headers
+            .get("x-hooksign-error")
+            .map(|v| v.to_str().unwrap())
+    }
+}
+
+/// Independent HMAC-SHA256 (ring, not the crate under test), lowercase hex.
+pub fn reference_hmac_hex(key: &[u8], body: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+    hex::encode(ring::hmac::sign(&key, body).as_ref())
+}
+
+// === TestBinary ===
+
+/// The real binary, started with `serve --config`; killed on drop if still running.
+pub struct TestBinary {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: TempDir,
+}
+
+impl TestBinary {
+    pub fn start(config: &ConfigSpec, store: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = config.write(dir.path(), store);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hooksign"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let (proxy, admin) =
+            parse_ready(&line).unwrap_or_else(|| panic!("no ready line, got {line:?}"));
+        Self {
+            child,
+            proxy,
+            admin,
+            config_path,
+            dir,
+        }
+    }
+
+    /// Sends a signal to the process by its PID.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for TestBinary {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("ready ")?;
+    let mut proxy = None;
+    let mut admin = None;
+    for field in rest.split_whitespace() {
+        if let Some(addr) = field.strip_prefix("proxy=") {
+            proxy = addr.parse().ok();
+        } else if let Some(addr) = field.strip_prefix("admin=") {
+            admin = addr.parse().ok();
+        }
+    }
+    Some((proxy?, admin?))
+}
+
+/// Runs the binary to completion with `args`; its exit code, stdout and stderr.
+pub fn run_binary(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hooksign"))
+        .args(args)
+        .env_remove("HOOKSIGN_CONFIG")
+        .env_remove("HOOKSIGN_SECRET")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
