@@ -310,13 +310,15 @@ pub struct ConfigSpec {
 }
 
 impl ConfigSpec {
-    /// Both listeners on 127.0.0.1:0, the CA trusted when given.
+    /// Both listeners on 127.0.0.1:0, the CA trusted when given, loopback destinations allowed
+    /// (test upstreams listen there; egress tests set `allow_private = false` again).
     pub fn new(pki: Option<&Pki>) -> Self {
         let mut spec = Self::default();
         spec = spec.set("proxy", "listen = \"127.0.0.1:0\"");
         spec = spec.set("admin", "listen = \"127.0.0.1:0\"");
         spec = spec.set("store", "path = \"webhooks.toml\"");
         spec = spec.set("server", "shutdown_grace = \"5s\"");
+        spec = spec.set("egress", "allow_private = true");
         if let Some(pki) = pki {
             spec = spec.set(
                 "egress",
@@ -326,9 +328,12 @@ impl ConfigSpec {
         spec
     }
 
-    /// Adds `line` to `[table]`.
+    /// Sets `key = value` (given as one line) in `[table]`, replacing an earlier value of the key.
     pub fn set(mut self, table: &'static str, line: &str) -> Self {
-        self.tables.entry(table).or_default().push(line.to_owned());
+        let key = line.split('=').next().unwrap_or_default().trim().to_owned();
+        let lines = self.tables.entry(table).or_default();
+        lines.retain(|l| l.split('=').next().unwrap_or_default().trim() != key);
+        lines.push(line.to_owned());
         self
     }
 
