@@ -1,26 +1,91 @@
-//! The admin port: health and readiness probes and Prometheus metrics (SPEC section 5).
+//! The admin port (SPEC section 5): the webhook API, health and readiness probes, Prometheus
+//! metrics and the OpenAPI document.
 //!
-//! `router(state)` is its own function so tests can drive it without a socket.
+//! `router(state)` is its own function so tests can drive it without a socket. Every response
+//! gets an `X-Request-Id`; every error, including axum's own rejections and unknown routes, is the
+//! JSON envelope with that id in `meta.requestId`.
+
+mod auth;
+mod error;
+pub mod webhooks;
 
 use std::io;
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use uuid::Uuid;
+
+pub use auth::Tokens;
+pub use error::{AdminError, ErrorBody};
 
 use crate::AppState;
+
+/// The OpenAPI document of the admin API, generated from the handlers' annotations.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hooksign admin API", description = "Webhook endpoints and their signing secrets."),
+    paths(
+        webhooks::create,
+        webhooks::list,
+        webhooks::get_one,
+        webhooks::update,
+        webhooks::delete,
+        webhooks::regenerate_secret,
+        webhooks::test,
+        webhooks::events,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "webhooks", description = "Webhook endpoints"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
 
 /// The admin routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route(
+            "/api/v1/webhooks",
+            post(webhooks::create).get(webhooks::list),
+        )
+        .route("/api/v1/webhooks/events", get(webhooks::events))
+        .route(
+            "/api/v1/webhooks/{uuid}",
+            get(webhooks::get_one)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{uuid}/regenerate-secret",
+            post(webhooks::regenerate_secret),
+        )
+        .route("/api/v1/webhooks/{uuid}/test", post(webhooks::test))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
@@ -33,6 +98,59 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Gives every response an `X-Request-Id` and renders every error as the JSON envelope.
+async fn request_context(request: Request, next: Next) -> Response {
+    let request_id = Uuid::new_v4().to_string();
+    let mut response = next.run(request).await;
+    let detail = response.extensions_mut().remove::<ErrorBody>();
+    let status = response.status();
+    let detail = detail.or_else(|| {
+        // axum's own rejections (405, a body too large, …) arrive as plain text.
+        (status.is_client_error() || status.is_server_error()).then(|| ErrorBody {
+            code: generic_code(status),
+            message: status.canonical_reason().unwrap_or("error").to_owned(),
+        })
+    });
+    if let Some(detail) = detail {
+        let body = serde_json::json!({
+            "error": {"code": detail.code, "message": detail.message},
+            "meta": {"requestId": request_id},
+        });
+        let (mut parts, _) = response.into_parts();
+        parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        parts.headers.remove(header::CONTENT_LENGTH);
+        response = Response::from_parts(parts, Body::from(body.to_string()));
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn generic_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+        | StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY => "invalid_request",
+        s if s.is_server_error() => "internal_error",
+        _ => "invalid_request",
+    }
+}
+
+async fn not_found() -> AdminError {
+    AdminError::NotFound
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 async fn healthz() -> &'static str {

@@ -30,6 +30,7 @@ pub mod store;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +46,7 @@ use crate::store::{Backend, LoadError, Store};
 pub struct AppState {
     pub config: Config,
     pub store: Store,
-    pub backend: Box<dyn Backend>,
+    pub admin_tokens: admin::Tokens,
     pub metrics: Metrics,
     pub upstream: UpstreamClient,
 }
@@ -87,8 +88,10 @@ impl AppState {
     /// Builds the state for `config`: metrics, the store loaded from its backend, the client.
     pub async fn build(config: Config) -> Result<Arc<Self>, RunError> {
         let metrics = Metrics::new()?;
-        let backend: Box<dyn Backend> = Box::new(FileBackend::new(config.store.path.clone()));
-        let snapshot = match backend.load().await {
+        let file = FileBackend::new(config.store.path.clone());
+        file.remove_stale_temp_files();
+        let backend: Box<dyn Backend> = Box::new(file);
+        let snapshot = match backend.load(None).await {
             Ok(snapshot) => snapshot,
             Err(err) => {
                 metrics.store_reload(ReloadOutcome::Rejected, None);
@@ -98,10 +101,11 @@ impl AppState {
         metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
         tracing::info!(endpoints = snapshot.len(), "store loaded");
         let upstream = client::build(&config.egress)?;
+        let admin_tokens = admin::Tokens::new(&config.admin);
         Ok(Arc::new(Self {
             config,
-            store: Store::new(snapshot),
-            backend,
+            store: Store::new(snapshot, backend),
+            admin_tokens,
             metrics,
             upstream,
         }))
@@ -139,12 +143,20 @@ impl Listeners {
     }
 }
 
+/// How often delivery records (counters, last status) are written to the store. A `kill -9`
+/// loses at most this much of their history; configuration and secrets are written at once.
+pub const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Serves both ports until `shutdown` fires (or one of them fails), then drains.
 pub async fn serve(
     state: Arc<AppState>,
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let flusher = tokio::spawn(flush_records_periodically(
+        Arc::clone(&state),
+        shutdown.clone(),
+    ));
     let mut proxy = tokio::spawn(proxy::serve(
         listeners.proxy,
         Arc::clone(&state),
@@ -173,7 +185,29 @@ pub async fn serve(
     } else {
         joined(proxy.await, "proxy server")
     };
+    let mut flushed_total = flusher.await.unwrap_or(0);
+    if let Err(err) = state.store.flush_delivery_records(&mut flushed_total).await {
+        tracing::warn!(error = %err, "could not write delivery records at shutdown");
+    }
     first.0.and(second)
+}
+
+/// Writes delivery records every [`RECORD_FLUSH_INTERVAL`] while any changed; returns the
+/// delivery total last written when `shutdown` fires.
+async fn flush_records_periodically(state: Arc<AppState>, shutdown: CancellationToken) -> u64 {
+    let mut flushed_total = state.store.snapshot().delivery_total();
+    let mut interval = tokio::time::interval(RECORD_FLUSH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return flushed_total,
+            _ = interval.tick() => {}
+        }
+        if let Err(err) = state.store.flush_delivery_records(&mut flushed_total).await {
+            tracing::warn!(error = %err, "could not write delivery records; will retry");
+        }
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.

@@ -42,10 +42,19 @@ fn check_reports_store_problems_with_line_and_column() {
     let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 1, "{stderr}");
     // Each table is 7 lines and a blank one: the second table's url is on line 12.
-    assert!(stderr.contains("webhooks[1].url (line 12, column 1)"), "{stderr}");
-    assert!(stderr.contains("webhooks[2].uuid (line 18, column 1): duplicate"), "{stderr}");
+    assert!(
+        stderr.contains("webhooks[1].url (line 12, column 1)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("webhooks[2].uuid (line 18, column 1): duplicate"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 problem(s)"), "{stderr}");
-    assert!(!stderr.contains(&bad.secret[6..]), "a secret leaked: {stderr}");
+    assert!(
+        !stderr.contains(&bad.secret[6..]),
+        "a secret leaked: {stderr}"
+    );
 
     std::fs::write(dir.path().join("webhooks.toml"), "[[webhooks]\nuuid = 1\n").unwrap();
     let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().unwrap()], None);
@@ -56,10 +65,15 @@ fn check_reports_store_problems_with_line_and_column() {
 #[test]
 fn unknown_config_keys_fail_check_and_serve() {
     let dir = tempfile::tempdir().unwrap();
-    let path = ConfigSpec::new(None).set("proxy", "max_body_byte = 10").write(dir.path(), "");
+    let path = ConfigSpec::new(None)
+        .set("proxy", "max_body_byte = 10")
+        .write(dir.path(), "");
     let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 1);
-    assert!(stderr.contains("max_body_byte") && stderr.contains("line"), "{stderr}");
+    assert!(
+        stderr.contains("max_body_byte") && stderr.contains("line"),
+        "{stderr}"
+    );
     let (code, _, stderr) = run_binary(&["serve", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 64, "serve must exit 64 on a bad config: {stderr}");
 }
@@ -90,12 +104,25 @@ fn sign_matches_an_independent_hmac_and_verify_agrees() {
     let (code, stdout, _) = run_binary(&["sign", "--secret", secret, file.to_str().unwrap()], None);
     assert_eq!((code, stdout.trim()), (0, expected.as_str()));
 
-    let (code, _, _) = run_binary(&["verify", "--secret", secret, "--signature", &expected], Some(body));
+    let (code, _, _) = run_binary(
+        &["verify", "--secret", secret, "--signature", &expected],
+        Some(body),
+    );
     assert_eq!(code, 0);
-    let (code, _, _) = run_binary(&["verify", "--secret", secret, "--signature", &expected], Some(b"tampered"));
+    let (code, _, _) = run_binary(
+        &["verify", "--secret", secret, "--signature", &expected],
+        Some(b"tampered"),
+    );
     assert_eq!(code, 1);
     let (code, _, _) = run_binary(
-        &["verify", "--secret", "whsec_other", "--signature", &expected, file.to_str().unwrap()],
+        &[
+            "verify",
+            "--secret",
+            "whsec_other",
+            "--signature",
+            &expected,
+            file.to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(code, 1);
@@ -111,10 +138,17 @@ fn token_prints_a_token_and_its_hash() {
         .expect("a token line");
     assert!(token.len() >= 40, "{token}");
     let digest = hex::encode(Sha256::digest(token.as_bytes()));
-    assert!(stdout.contains(&format!("sha256 = \"{digest}\"")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("sha256 = \"{digest}\"")),
+        "{stdout}"
+    );
     assert!(stdout.contains("[[admin.tokens]]"));
     // The printed lines are a valid config.
-    let config_lines: String = stdout.lines().skip_while(|l| !l.starts_with("[[")).collect::<Vec<_>>().join("\n");
+    let config_lines: String = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("[["))
+        .collect::<Vec<_>>()
+        .join("\n");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config_lines).unwrap();
@@ -137,7 +171,10 @@ fn healthcheck_follows_the_admin_port() {
     drop(binary);
     std::thread::sleep(Duration::from_millis(100));
     let (code, _, stderr) = run_binary(&["healthcheck", "--config", live.to_str().unwrap()], None);
-    assert_eq!(code, 1, "healthcheck passed with nothing listening: {stderr}");
+    assert_eq!(
+        code, 1,
+        "healthcheck passed with nothing listening: {stderr}"
+    );
 }
 
 #[tokio::test]
@@ -147,10 +184,13 @@ async fn the_binary_delivers_and_stops_on_sigterm() {
     let endpoint = EndpointSpec::new(upstream.url("/in"));
     let mut binary = TestBinary::start(&ConfigSpec::new(Some(&pki)), &store_toml(&[&endpoint]));
 
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let request = http::Request::post(format!("http://{}/", binary.proxy))
         .header("x-webhook-id", &endpoint.uuid)
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"n\":1}")))
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"n\":1}",
+        )))
         .unwrap();
     let response: http::Response<hyper::body::Incoming> = client.request(request).await.unwrap();
     assert_eq!(response.status(), 200);

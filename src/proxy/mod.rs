@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -33,7 +33,7 @@ pub use body::ChunkBody;
 pub use headers::strip_hop_by_hop;
 
 use crate::signing::BodySigner;
-use crate::store::Status;
+use crate::store::{now_text, DeliveryOutcome, Endpoint, Status, WriteError};
 use crate::AppState;
 
 /// The header naming the endpoint a delivery is for.
@@ -211,7 +211,7 @@ pub async fn handle(
 }
 
 async fn deliver(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Outcome> {
     let (parts, body) = request.into_parts();
@@ -254,7 +254,43 @@ async fn deliver(
     .and_then(|read| read)
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
 
-    let mut headers = parts.headers;
+    let sent = forward(
+        state,
+        &endpoint,
+        parts.method,
+        parts.headers,
+        chunks,
+        len,
+        signer,
+    )
+    .await;
+    let recorded = match &sent {
+        Ok(response) if response.status().is_success() => DeliveryOutcome::Success,
+        _ => DeliveryOutcome::Failed,
+    };
+    record_delivery(state, &endpoint, recorded);
+    let mut response = sent?;
+    strip_hop_by_hop(response.headers_mut());
+    Ok(response.map(Either::Left))
+}
+
+/// Signs-off and sends one delivery whose body was already read and fed to `signer`: the
+/// application's headers less the hop-by-hop ones, the signature added, the exact length. The
+/// upstream's response (2xx or not), or the refusal outcome, already counted. Shared by the proxy
+/// port and the admin API's test route.
+pub async fn forward(
+    state: &AppState,
+    endpoint: &Endpoint,
+    method: Method,
+    mut headers: HeaderMap,
+    chunks: Vec<Bytes>,
+    len: u64,
+    signer: BodySigner,
+) -> Result<Response<Incoming>, Outcome> {
+    let uuid = endpoint.uuid;
+    if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
+        return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
+    }
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::EXPECT);
@@ -263,7 +299,7 @@ async fn deliver(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 
     let mut upstream_request = Request::new(ChunkBody::new(chunks, len));
-    *upstream_request.method_mut() = parts.method;
+    *upstream_request.method_mut() = method;
     *upstream_request.uri_mut() = endpoint.target.clone();
     *upstream_request.headers_mut() = headers;
 
@@ -284,17 +320,50 @@ async fn deliver(
         Ok(Ok(response)) => response,
     };
     state.metrics.upstream_duration(elapsed.as_secs_f64());
-
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let outcome = if parts.status.is_success() {
+    let outcome = if response.status().is_success() {
         Outcome::Success
     } else {
         Outcome::Failed
     };
     state.metrics.delivery(outcome);
-    tracing::debug!(endpoint = %uuid, status = parts.status.as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    tracing::debug!(endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
+    Ok(response)
+}
+
+/// Updates the endpoint's delivery records (atomics only) and, at `[proxy] auto_disable_after`
+/// consecutive failures, persists `auto_disabled` off the request path.
+fn record_delivery(state: &Arc<AppState>, endpoint: &Endpoint, outcome: DeliveryOutcome) {
+    let failures = endpoint.stats.record(outcome);
+    let threshold = u64::from(state.config.proxy.auto_disable_after);
+    if threshold == 0 || failures != threshold {
+        return;
+    }
+    let state = Arc::clone(state);
+    let uuid = endpoint.uuid;
+    tokio::spawn(async move {
+        let text = uuid.to_string();
+        let written = state
+            .store
+            .update(|records| {
+                if let Some(record) = records
+                    .iter_mut()
+                    .find(|r| r.uuid == text && r.status == Status::Active.as_str())
+                {
+                    record.status = Status::AutoDisabled.as_str().to_owned();
+                    record.updated_at = Some(now_text());
+                }
+                Ok::<(), WriteError>(())
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                tracing::warn!(endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures")
+            }
+            Err(err) => {
+                tracing::error!(endpoint = %uuid, error = %err, "could not persist auto_disabled")
+            }
+        }
+    });
 }
 
 impl AppState {

@@ -1,22 +1,36 @@
 //! The file backend: the TOML store file of SPEC section 3.
 //!
-//! A file that fails to parse or validate is rejected whole, with line and column for every
-//! problem; a file that does not exist is an empty store.
+//! Loading: a file that fails to parse or validate is rejected whole, with line and column for
+//! every problem; a file that does not exist is an empty store.
+//!
+//! Writing: the whole file is written to a temp file in the same directory (named
+//! `.<name>.hooksign-tmp-*`), fsync'd, given mode 0600, renamed over the store, and the directory
+//! is fsync'd, before the write is acknowledged. Temp files a crash left behind are removed at
+//! start. The SHA-256 of what hooksign last read or wrote is kept, so an edit made by someone
+//! else is noticed before the next write builds on it, and hooksign's own writes are told apart
+//! from outside edits.
 
-use std::future::Future;
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::sync::Mutex;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Backend, EndpointRecord, LoadError, Snapshot};
+use super::{Backend, BackendFuture, EndpointRecord, LoadError, Snapshot, WriteError};
+
+/// What the store file starts with when hooksign writes it.
+const HEADER: &str = "# hooksign store: endpoints and their signing secrets. Keep this file private (0600).\n\
+                      # hooksign rewrites it on admin API changes; hand edits are picked up live.\n\n";
 
 /// The store as a TOML file on disk.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct FileBackend {
     path: PathBuf,
+    /// SHA-256 of the content hooksign last read or wrote (`None`: no file).
+    known: Mutex<Option<[u8; 32]>>,
 }
 
 #[derive(Deserialize)]
@@ -26,10 +40,18 @@ struct StoreFile {
     webhooks: Vec<toml::Spanned<toml::Table>>,
 }
 
+#[derive(Serialize)]
+struct StoreFileOut<'a> {
+    webhooks: &'a [EndpointRecord],
+}
+
 impl FileBackend {
-    /// A backend reading `path`.
+    /// A backend reading and writing `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into() }
+        Self {
+            path: path.into(),
+            known: Mutex::new(None),
+        }
     }
 
     /// The store file's path.
@@ -39,37 +61,187 @@ impl FileBackend {
 
     /// Reads and validates the file. A missing file is `Ok(None)`.
     pub fn load_file(&self) -> Result<Option<Snapshot>, LoadError> {
-        let display = self.path.display().to_string();
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => Zeroizing::new(text),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(LoadError::Read {
-                    path: display,
-                    source,
-                })
-            }
+        self.load_carrying(None)
+    }
+
+    fn load_carrying(&self, previous: Option<&Snapshot>) -> Result<Option<Snapshot>, LoadError> {
+        let Some(text) = self.read()? else {
+            self.remember(None);
+            return Ok(None);
         };
-        parse_store(&text, &display).map(Some)
+        let snapshot = parse_store(&text, &self.path.display().to_string(), previous)?;
+        self.remember(Some(&text));
+        Ok(Some(snapshot))
+    }
+
+    fn read(&self) -> Result<Option<Zeroizing<String>>, LoadError> {
+        match std::fs::read_to_string(&self.path) {
+            Ok(text) => Ok(Some(Zeroizing::new(text))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LoadError::Read {
+                path: self.path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    fn remember(&self, text: Option<&str>) {
+        let digest = text.map(|t| Sha256::digest(t.as_bytes()).into());
+        *self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = digest;
+    }
+
+    fn is_known(&self, text: Option<&str>) -> bool {
+        let digest: Option<[u8; 32]> = text.map(|t| Sha256::digest(t.as_bytes()).into());
+        *self
+            .known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            == digest
+    }
+
+    /// Whether the file on disk is what hooksign last read or wrote (the watcher skips those).
+    pub fn unchanged(&self) -> bool {
+        match self.read() {
+            Ok(text) => self.is_known(text.as_deref().map(String::as_str)),
+            Err(_) => false,
+        }
+    }
+
+    /// Removes temp files a crashed writer left beside the store.
+    pub fn remove_stale_temp_files(&self) {
+        let (Some(dir), Some(prefix)) = (self.path.parent(), temp_prefix(&self.path)) else {
+            return;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => {
+                        tracing::warn!(file = %entry.path().display(), "removed a temp file left by an interrupted write")
+                    }
+                    Err(err) => {
+                        tracing::warn!(file = %entry.path().display(), error = %err, "cannot remove a stale temp file")
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Backend for FileBackend {
-    fn load(&self) -> Pin<Box<dyn Future<Output = Result<Snapshot, LoadError>> + Send + '_>> {
+    fn load<'a>(
+        &'a self,
+        previous: Option<&'a Snapshot>,
+    ) -> BackendFuture<'a, Result<Snapshot, LoadError>> {
         Box::pin(async move {
-            match self.load_file()? {
+            match self.load_carrying(previous)? {
                 Some(snapshot) => Ok(snapshot),
                 None => {
-                    tracing::warn!(path = %self.path.display(), "store file does not exist; starting with an empty store");
+                    tracing::warn!(path = %self.path.display(), "store file does not exist; serving an empty store");
                     Ok(Snapshot::default())
                 }
             }
         })
     }
+
+    fn load_if_changed<'a>(
+        &'a self,
+        previous: &'a Snapshot,
+    ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>> {
+        Box::pin(async move {
+            let text = self.read()?;
+            if self.is_known(text.as_deref().map(String::as_str)) {
+                return Ok(None);
+            }
+            match text {
+                // Deleted underneath: the write about to happen recreates it.
+                None => Ok(None),
+                Some(text) => {
+                    let snapshot =
+                        parse_store(&text, &self.path.display().to_string(), Some(previous))?;
+                    self.remember(Some(&text));
+                    Ok(Some(snapshot))
+                }
+            }
+        })
+    }
+
+    fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move {
+            // fsync blocks; keep it off the runtime's worker threads.
+            let path = self.path.clone();
+            let digest = tokio::task::spawn_blocking(move || write_durably(&path, &records))
+                .await
+                .map_err(|err| WriteError::Io(io::Error::other(err.to_string())))??;
+            *self
+                .known
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(digest);
+            Ok(())
+        })
+    }
 }
 
-/// Parses store-file text (read from `path`, for messages) into a snapshot.
-pub fn parse_store(text: &str, path: &str) -> Result<Snapshot, LoadError> {
+/// Writes the whole store durably; the SHA-256 of what was written.
+fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], WriteError> {
+    let body = Zeroizing::new(
+        toml::to_string(&StoreFileOut { webhooks: records })
+            .map_err(|err| WriteError::Serialize(err.to_string()))?,
+    );
+    let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + body.len()));
+    text.push_str(HEADER);
+    text.push_str(&body);
+
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let prefix = temp_prefix(path).unwrap_or_else(|| ".hooksign-tmp-".to_owned());
+    let mut temp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
+        .map_err(classify_write_error)?;
+    temp.write_all(text.as_bytes())
+        .map_err(classify_write_error)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path)
+        .map_err(|err| classify_write_error(err.error))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(Sha256::digest(text.as_bytes()).into())
+}
+
+fn temp_prefix(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|name| format!(".{}.hooksign-tmp-", name.to_string_lossy()))
+}
+
+fn classify_write_error(err: io::Error) -> WriteError {
+    match err.kind() {
+        io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+            WriteError::ReadOnly(err.to_string())
+        }
+        _ => WriteError::Io(err),
+    }
+}
+
+/// Parses store-file text (read from `path`, for messages) into a snapshot; endpoints that
+/// `previous` holds keep their delivery records.
+pub fn parse_store(
+    text: &str,
+    path: &str,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, LoadError> {
     let file: StoreFile = toml::from_str(text).map_err(|err| LoadError::Parse {
         path: path.to_owned(),
         message: redact_toml_error(&err),
@@ -109,7 +281,7 @@ pub fn parse_store(text: &str, path: &str) -> Result<Snapshot, LoadError> {
             problems,
         });
     }
-    Snapshot::build(records, |index, field| {
+    Snapshot::build(records, previous, |index, field| {
         let (start, fields) = &spans[index];
         let offset = fields
             .iter()
@@ -194,14 +366,14 @@ updated_at = "2026-02-18T10:00:00Z"
 
     #[test]
     fn the_spec_example_loads() {
-        let snapshot = parse_store(GOOD, "webhooks.toml").unwrap();
+        let snapshot = parse_store(GOOD, "webhooks.toml", None).unwrap();
         assert_eq!(snapshot.len(), 1);
     }
 
     #[test]
     fn validation_problems_carry_line_and_column() {
         let text = GOOD.replace("https://your-app", "ftp://your-app");
-        let err = parse_store(&text, "webhooks.toml").unwrap_err();
+        let err = parse_store(&text, "webhooks.toml", None).unwrap_err();
         let message = err.to_string();
         assert!(
             message.contains("webhooks[0].url (line 5, column 1)"),
@@ -212,7 +384,7 @@ updated_at = "2026-02-18T10:00:00Z"
     #[test]
     fn syntax_errors_carry_a_position_and_no_secret() {
         let text = GOOD.replace("secret = \"whsec_9f86", "secret = whsec_9f86");
-        let err = parse_store(&text, "webhooks.toml").unwrap_err();
+        let err = parse_store(&text, "webhooks.toml", None).unwrap_err();
         let message = err.to_string();
         assert!(message.contains("line 10"), "{message}");
         assert!(!message.contains("9f86d0"), "secret leaked: {message}");
@@ -221,7 +393,7 @@ updated_at = "2026-02-18T10:00:00Z"
     #[test]
     fn unknown_fields_are_rejected() {
         let text = GOOD.replace("status = \"active\"", "statsu = \"active\"");
-        let err = parse_store(&text, "webhooks.toml").unwrap_err();
+        let err = parse_store(&text, "webhooks.toml", None).unwrap_err();
         assert!(err.to_string().contains("statsu"), "{err}");
     }
 

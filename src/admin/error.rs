@@ -1,0 +1,148 @@
+//! Admin API errors: one enum, turned into the JSON envelope
+//! `{"error": {"code", "message"}, "meta": {"requestId"}}` in one place.
+//!
+//! A handler's error becomes a response carrying an [`ErrorBody`] extension; the request-id
+//! middleware ([`super::request_context`]) renders it with the request's id, so every error,
+//! including axum's own rejections, carries `meta.requestId` and the `X-Request-Id` header.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::FromRequest;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+use crate::store::WriteError;
+
+/// Every way an admin request can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no such webhook endpoint")]
+    NotFound,
+    #[error("{0}")]
+    Validation(String),
+    #[error("rate limit exceeded; retry in {retry_after} s")]
+    RateLimited {
+        limit: u32,
+        retry_after: u64,
+        reset: u64,
+    },
+    #[error("{0}")]
+    StoreReadOnly(String),
+    #[error("{0}")]
+    StoreConflict(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// The error a response carries until the middleware renders it.
+#[derive(Clone, Debug)]
+pub struct ErrorBody {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AdminError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::StoreReadOnly(_) | Self::StoreConflict(_) => StatusCode::CONFLICT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound => "not_found",
+            Self::Validation(_) => "validation_failed",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::StoreReadOnly(_) => "store_read_only",
+            Self::StoreConflict(_) => "store_conflict",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(detail) => {
+                tracing::error!(error = %detail, "admin request failed");
+                "internal error; see the hooksign log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = status.into_response();
+        if let Self::RateLimited {
+            limit,
+            retry_after,
+            reset,
+        } = &self
+        {
+            let headers = response.headers_mut();
+            headers.insert("retry-after", HeaderValue::from(*retry_after));
+            headers.insert("x-ratelimit-limit", HeaderValue::from(*limit));
+            headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+            headers.insert("x-ratelimit-reset", HeaderValue::from(*reset));
+        }
+        response.extensions_mut().insert(ErrorBody {
+            code: self.code(),
+            message,
+        });
+        response
+    }
+}
+
+impl From<WriteError> for AdminError {
+    fn from(err: WriteError) -> Self {
+        match err {
+            WriteError::ReadOnly(_) => Self::StoreReadOnly(err.to_string()),
+            WriteError::Conflict(_) => Self::StoreConflict(err.to_string()),
+            WriteError::Invalid(_) => Self::Validation(err.to_string()),
+            WriteError::Io(_) | WriteError::Serialize(_) => Self::Internal(err.to_string()),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are `400 invalid_request` in the envelope.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = AdminError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(AdminError::InvalidRequest(json_message(&rejection))),
+        }
+    }
+}
+
+fn json_message(rejection: &JsonRejection) -> String {
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => {
+            "Content-Type must be application/json".to_owned()
+        }
+        other => other.body_text(),
+    }
+}

@@ -1,0 +1,626 @@
+//! The webhook routes of the admin API (SPEC section 5): create, list, get, update, delete,
+//! regenerate-secret, test, and the event catalog. Every write goes through
+//! [`crate::store::Store::update`], so it is durable before it is acknowledged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use http_body_util::{BodyExt, Limited};
+use serde::{Deserialize, Serialize};
+use url::Url;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::{AdminError, ApiJson};
+use crate::config::Permission;
+use crate::proxy;
+use crate::secret::Secret;
+use crate::signing::Scheme;
+use crate::store::{self, now_text, Endpoint, EndpointRecord, Status};
+use crate::AppState;
+
+/// Most event types an endpoint may subscribe to.
+pub const MAX_EVENTS: usize = 10;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION: usize = 255;
+/// How a secret reads wherever it is not shown in full.
+pub const MASKED_SECRET: &str = "whsec_••••••••••••••••••••••••";
+/// The most of a test delivery's response body that is read (and dropped).
+const TEST_RESPONSE_LIMIT: usize = 64 * 1024;
+
+// === request and response bodies ===
+
+/// `POST /api/v1/webhooks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// HTTPS destination URL, at most 2048 characters.
+    pub url: String,
+    /// 1 to 10 event types, or `["*"]` for every type, current and future.
+    pub events: Vec<String>,
+    /// At most 255 characters.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Default true.
+    #[serde(default)]
+    pub is_active: Option<bool>,
+    /// Signing scheme; default `storno`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+}
+
+/// `PATCH /api/v1/webhooks/{uuid}`: every field optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub description: Option<String>,
+    pub is_active: Option<bool>,
+}
+
+/// `POST /api/v1/webhooks/{uuid}/regenerate-secret` (the body is optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegenerateSecret {
+    /// Seconds the previous secret keeps signing beside the new one (0 to 86400; default 0).
+    #[serde(default)]
+    pub previous_secret_expires_in: u64,
+}
+
+/// An endpoint as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookView {
+    pub uuid: Uuid,
+    pub url: String,
+    pub description: String,
+    pub events: Vec<String>,
+    pub is_active: bool,
+    /// `active`, `disabled` or `auto_disabled`.
+    pub status: String,
+    pub scheme: String,
+    /// In full only in the create and regenerate-secret responses; masked elsewhere.
+    pub secret: String,
+    /// `...` and the secret's last 4 characters.
+    pub secret_hint: String,
+    pub deliveries_count: u64,
+    pub last_delivery_at: Option<String>,
+    /// `success` or `failed`.
+    pub last_delivery_status: Option<String>,
+    pub consecutive_failures: u64,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+}
+
+/// `{"data": [...]}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<WebhookView>,
+}
+
+/// `{"data": [...]}` of event type names.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    pub data: Vec<String>,
+}
+
+/// What a test delivery did.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestReport {
+    /// The endpoint answered 2xx.
+    pub delivered: bool,
+    /// The endpoint's status code, when it answered.
+    pub status_code: Option<u16>,
+    pub duration_ms: u64,
+    /// hooksign's error code when the endpoint could not be reached.
+    pub error: Option<String>,
+}
+
+/// The error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorDetail,
+    pub meta: ErrorMeta,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorMeta {
+    pub request_id: String,
+}
+
+impl WebhookView {
+    /// The view of `endpoint`; `reveal` shows the secret in full.
+    pub fn of(endpoint: &Endpoint, reveal: bool) -> Self {
+        let stats = &endpoint.stats;
+        Self {
+            uuid: endpoint.uuid,
+            url: endpoint.record.url.clone(),
+            description: endpoint.description.clone(),
+            events: endpoint.events.clone(),
+            is_active: endpoint.status == Status::Active,
+            status: endpoint.status.as_str().to_owned(),
+            scheme: endpoint.scheme.as_str().to_owned(),
+            secret: if reveal {
+                endpoint.secret.expose().to_owned()
+            } else {
+                MASKED_SECRET.to_owned()
+            },
+            secret_hint: endpoint.secret.hint(),
+            deliveries_count: stats.deliveries(),
+            last_delivery_at: stats.last_delivery_at().map(store::format_time),
+            last_delivery_status: stats.last_outcome().map(|o| o.as_str().to_owned()),
+            consecutive_failures: stats.consecutive_failures(),
+            created_at: endpoint.created_at.map(store::format_time),
+            updated_at: endpoint.updated_at.map(store::format_time),
+        }
+    }
+}
+
+// === handlers ===
+
+/// Create a webhook endpoint; the response shows its secret in full, this once.
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
+    params(("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "Created; `secret` in full", body = WebhookView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
+        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateWebhook>,
+) -> Result<impl IntoResponse, AdminError> {
+    caller.require(Permission::Manage)?;
+    let url = validate_url(&state, &body.url)?;
+    let events = validate_events(&state, body.events)?;
+    let description = validate_description(body.description)?;
+    let scheme: Scheme = match body.scheme.as_deref() {
+        None => Scheme::Storno,
+        Some(name) => name.parse().map_err(|err: crate::signing::UnknownScheme| {
+            AdminError::Validation(err.to_string())
+        })?,
+    };
+    let secret = Secret::generate().map_err(|err| AdminError::Internal(err.to_string()))?;
+    let uuid = Uuid::new_v4();
+    let now = now_text();
+    let record = EndpointRecord {
+        uuid: uuid.to_string(),
+        company: caller.company.to_string(),
+        url: url.to_string(),
+        events,
+        description,
+        status: if body.is_active.unwrap_or(true) {
+            Status::Active
+        } else {
+            Status::Disabled
+        }
+        .as_str()
+        .to_owned(),
+        scheme: scheme.as_str().to_owned(),
+        secret,
+        created_at: Some(now.clone()),
+        updated_at: Some(now),
+        deliveries_count: 0,
+        last_delivery_at: None,
+        last_delivery_status: None,
+        consecutive_failures: 0,
+    };
+    state
+        .store
+        .update(|records| {
+            records.push(record);
+            Ok::<(), AdminError>(())
+        })
+        .await?;
+    tracing::info!(endpoint = %uuid, company = %caller.company, token = %caller.token_name, "endpoint created");
+    let view = view_of(&state, uuid, caller.company, true)?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// List the company's endpoints, secrets masked.
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+    params(("X-Company" = Uuid, Header, description = "Company whose endpoints to list")),
+    responses(
+        (status = 200, body = WebhookList),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<WebhookList>, AdminError> {
+    caller.require(Permission::View)?;
+    let snapshot = state.store.snapshot();
+    let data = snapshot
+        .endpoints()
+        .filter(|endpoint| endpoint.company == caller.company)
+        .map(|endpoint| WebhookView::of(endpoint, false))
+        .collect();
+    Ok(Json(WebhookList { data }))
+}
+
+/// Get one endpoint, secret masked.
+#[utoipa::path(get, path = "/api/v1/webhooks/{uuid}", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    responses(
+        (status = 200, body = WebhookView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_one(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+) -> Result<Json<WebhookView>, AdminError> {
+    caller.require(Permission::View)?;
+    let uuid = parse_uuid(&uuid)?;
+    Ok(Json(view_of(&state, uuid, caller.company, false)?))
+}
+
+/// Update `url`, `events`, `description` or `isActive`.
+#[utoipa::path(patch, path = "/api/v1/webhooks/{uuid}", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    request_body = UpdateWebhook,
+    responses(
+        (status = 200, body = WebhookView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+    ApiJson(body): ApiJson<UpdateWebhook>,
+) -> Result<Json<WebhookView>, AdminError> {
+    caller.require(Permission::Manage)?;
+    let uuid = parse_uuid(&uuid)?;
+    let url = body
+        .url
+        .as_deref()
+        .map(|url| validate_url(&state, url))
+        .transpose()?;
+    let events = body
+        .events
+        .map(|events| validate_events(&state, events))
+        .transpose()?;
+    let description = body
+        .description
+        .map(|d| validate_description(Some(d)))
+        .transpose()?;
+    let reactivated = body.is_active == Some(true);
+    state
+        .store
+        .update(|records| {
+            let record = find_record(records, uuid, caller.company)?;
+            if let Some(url) = url {
+                record.url = url.to_string();
+            }
+            if let Some(events) = events {
+                record.events = events;
+            }
+            if let Some(description) = description {
+                record.description = description;
+            }
+            match body.is_active {
+                Some(true) => {
+                    record.status = Status::Active.as_str().to_owned();
+                    record.consecutive_failures = 0;
+                }
+                Some(false) => record.status = Status::Disabled.as_str().to_owned(),
+                None => {}
+            }
+            record.updated_at = Some(now_text());
+            Ok::<(), AdminError>(())
+        })
+        .await?;
+    if reactivated {
+        if let Some(endpoint) = state.store.snapshot().get(&uuid) {
+            endpoint.stats.reset_failures();
+        }
+    }
+    tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint updated");
+    Ok(Json(view_of(&state, uuid, caller.company, false)?))
+}
+
+/// Delete an endpoint.
+#[utoipa::path(delete, path = "/api/v1/webhooks/{uuid}", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+) -> Result<StatusCode, AdminError> {
+    caller.require(Permission::Manage)?;
+    let uuid = parse_uuid(&uuid)?;
+    state
+        .store
+        .update(|records| {
+            let before = records.len();
+            let text = uuid.to_string();
+            let company = caller.company.to_string();
+            records.retain(|r| !(r.uuid == text && r.company == company));
+            if records.len() == before {
+                return Err(AdminError::NotFound);
+            }
+            Ok(())
+        })
+        .await?;
+    tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issue a new secret: durable before this response, and every delivery that starts after it is
+/// signed with the new secret.
+#[utoipa::path(post, path = "/api/v1/webhooks/{uuid}/regenerate-secret", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    request_body(content = Option<RegenerateSecret>, description = "Optional"),
+    responses(
+        (status = 200, description = "The endpoint with its new secret in full", body = WebhookView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn regenerate_secret(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+    body: Bytes,
+) -> Result<Json<WebhookView>, AdminError> {
+    caller.require(Permission::Manage)?;
+    let uuid = parse_uuid(&uuid)?;
+    let request: RegenerateSecret = if body.iter().all(u8::is_ascii_whitespace) {
+        RegenerateSecret::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|err| AdminError::InvalidRequest(format!("invalid JSON body: {err}")))?
+    };
+    if request.previous_secret_expires_in > 86_400 {
+        return Err(AdminError::Validation(
+            "previousSecretExpiresIn must be between 0 and 86400 seconds".into(),
+        ));
+    }
+    let secret = Secret::generate().map_err(|err| AdminError::Internal(err.to_string()))?;
+    state
+        .store
+        .update(|records| {
+            let record = find_record(records, uuid, caller.company)?;
+            if request.previous_secret_expires_in > 0 {
+                return Err(AdminError::Validation(format!(
+                    "the {} scheme's receivers compare a single signature, so it cannot keep the previous \
+                     secret signing for a window; use previousSecretExpiresIn 0",
+                    record.scheme
+                )));
+            }
+            record.secret = secret;
+            record.updated_at = Some(now_text());
+            Ok(())
+        })
+        .await?;
+    state.metrics.secret_rotations.inc();
+    tracing::info!(endpoint = %uuid, token = %caller.token_name, "secret regenerated");
+    Ok(Json(view_of(&state, uuid, caller.company, true)?))
+}
+
+/// Send a signed `webhook.test` event to the endpoint now, through the delivery path.
+#[utoipa::path(post, path = "/api/v1/webhooks/{uuid}/test", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    responses(
+        (status = 200, body = TestReport),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn test(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+) -> Result<Json<TestReport>, AdminError> {
+    caller.require(Permission::Manage)?;
+    let uuid = parse_uuid(&uuid)?;
+    let snapshot = state.store.snapshot();
+    let endpoint = snapshot
+        .get(&uuid)
+        .filter(|endpoint| endpoint.company == caller.company)
+        .ok_or(AdminError::NotFound)?;
+    let body = Bytes::from(
+        serde_json::json!({
+            "type": "webhook.test",
+            "id": format!("evt_{}", Uuid::new_v4().simple()),
+            "createdAt": now_text(),
+            "data": {"webhookUuid": uuid, "message": "This is a test event sent by hooksign."},
+        })
+        .to_string(),
+    );
+    let mut signer = endpoint.signer.begin();
+    signer.update(&body);
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        proxy::X_WEBHOOK_EVENT,
+        HeaderValue::from_static("webhook.test"),
+    );
+    let len = body.len() as u64;
+    let started = Instant::now();
+    let sent = proxy::forward(
+        &state,
+        endpoint,
+        Method::POST,
+        headers,
+        vec![body],
+        len,
+        signer,
+    )
+    .await;
+    let report = match sent {
+        Ok(response) => {
+            let status = response.status();
+            // Read (a bounded amount of) the answer so the connection can be reused.
+            let _ = Limited::new(response.into_body(), TEST_RESPONSE_LIMIT)
+                .collect()
+                .await;
+            TestReport {
+                delivered: status.is_success(),
+                status_code: Some(status.as_u16()),
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: None,
+            }
+        }
+        Err(outcome) => TestReport {
+            delivered: false,
+            status_code: None,
+            duration_ms: started.elapsed().as_millis() as u64,
+            error: Some(outcome.as_label().to_owned()),
+        },
+    };
+    tracing::info!(endpoint = %uuid, delivered = report.delivered, "test event sent");
+    Ok(Json(report))
+}
+
+/// The event types `[events] catalog` lists (empty: any name is accepted).
+#[utoipa::path(get, path = "/api/v1/webhooks/events", tag = "webhooks",
+    params(("X-Company" = Uuid, Header, description = "Company making the request")),
+    responses(
+        (status = 200, body = EventList),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<EventList>, AdminError> {
+    caller.require(Permission::View)?;
+    Ok(Json(EventList {
+        data: state.config.events.catalog.clone(),
+    }))
+}
+
+// === helpers ===
+
+/// An id that is not a uuid names no endpoint: 404, like an unknown one.
+fn parse_uuid(text: &str) -> Result<Uuid, AdminError> {
+    Uuid::try_parse(text).map_err(|_| AdminError::NotFound)
+}
+
+fn view_of(
+    state: &AppState,
+    uuid: Uuid,
+    company: Uuid,
+    reveal: bool,
+) -> Result<WebhookView, AdminError> {
+    let snapshot = state.store.snapshot();
+    snapshot
+        .get(&uuid)
+        .filter(|endpoint| endpoint.company == company)
+        .map(|endpoint| WebhookView::of(endpoint, reveal))
+        .ok_or(AdminError::NotFound)
+}
+
+fn find_record(
+    records: &mut [EndpointRecord],
+    uuid: Uuid,
+    company: Uuid,
+) -> Result<&mut EndpointRecord, AdminError> {
+    let (uuid, company) = (uuid.to_string(), company.to_string());
+    records
+        .iter_mut()
+        .find(|r| r.uuid.eq_ignore_ascii_case(&uuid) && r.company.eq_ignore_ascii_case(&company))
+        .ok_or(AdminError::NotFound)
+}
+
+fn validate_url(state: &AppState, text: &str) -> Result<Url, AdminError> {
+    let url = store::parse_endpoint_url(text)
+        .map_err(|why| AdminError::Validation(format!("url: {why}")))?;
+    if url.scheme() == "http" && !state.config.egress.allow_http {
+        return Err(AdminError::Validation("url: must use https".into()));
+    }
+    Ok(url)
+}
+
+fn validate_events(state: &AppState, events: Vec<String>) -> Result<Vec<String>, AdminError> {
+    if events.is_empty() {
+        return Err(AdminError::Validation(
+            "events: subscribe to at least one event type, or [\"*\"]".into(),
+        ));
+    }
+    if events.len() > MAX_EVENTS {
+        return Err(AdminError::Validation(format!(
+            "events: at most {MAX_EVENTS} event types"
+        )));
+    }
+    if events.iter().any(|e| e == "*") {
+        if events.len() > 1 {
+            return Err(AdminError::Validation("events: \"*\" stands alone".into()));
+        }
+        return Ok(events);
+    }
+    for event in &events {
+        if event.is_empty() || event.len() > 255 {
+            return Err(AdminError::Validation(
+                "events: names are 1 to 255 characters".into(),
+            ));
+        }
+        let catalog = &state.config.events.catalog;
+        if !catalog.is_empty() && !catalog.contains(event) {
+            return Err(AdminError::Validation(format!(
+                "events: unknown event type {event:?}"
+            )));
+        }
+    }
+    let mut unique = events;
+    unique.dedup();
+    Ok(unique)
+}
+
+fn validate_description(description: Option<String>) -> Result<String, AdminError> {
+    let description = description.unwrap_or_default();
+    if description.chars().count() > MAX_DESCRIPTION {
+        return Err(AdminError::Validation(format!(
+            "description: at most {MAX_DESCRIPTION} characters"
+        )));
+    }
+    Ok(description)
+}
