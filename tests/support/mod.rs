@@ -307,6 +307,8 @@ pub fn store_toml(endpoints: &[&EndpointSpec]) -> String {
 #[derive(Clone, Debug, Default)]
 pub struct ConfigSpec {
     tables: BTreeMap<&'static str, Vec<String>>,
+    /// Raw text appended after the tables (arrays of tables such as `[[admin.tokens]]`).
+    extra: Vec<String>,
 }
 
 impl ConfigSpec {
@@ -338,10 +340,16 @@ impl ConfigSpec {
     }
 
     pub fn text(&self) -> String {
-        self.tables
+        let mut text: String = self
+            .tables
             .iter()
             .map(|(table, lines)| format!("[{table}]\n{}\n\n", lines.join("\n")))
-            .collect()
+            .collect();
+        for extra in &self.extra {
+            text.push_str(extra);
+            text.push('\n');
+        }
+        text
     }
 
     /// Writes `config.toml` and `webhooks.toml` into `dir`; returns the config path.
@@ -484,23 +492,12 @@ pub struct TestBinary {
 }
 
 impl TestBinary {
+    /// Writes the config and store into a new temp dir and starts the binary on them; its log
+    /// (`RUST_LOG=debug`) goes to `log_path()`.
     pub fn start(config: &ConfigSpec, store: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = config.write(dir.path(), store);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hooksign"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let (proxy, admin) =
-            parse_ready(&line).unwrap_or_else(|| panic!("no ready line, got {line:?}"));
+        let (child, proxy, admin) = spawn_binary(&config_path, &dir.path().join("hooksign.log"));
         Self {
             child,
             proxy,
@@ -508,6 +505,35 @@ impl TestBinary {
             config_path,
             dir,
         }
+    }
+
+    /// Starts the binary again on the same files (after it stopped or was killed); the listeners
+    /// get new ports.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "restart needs a stopped process"
+        );
+        let (child, proxy, admin) = spawn_binary(&self.config_path, &self.log_path());
+        self.child = child;
+        self.proxy = proxy;
+        self.admin = admin;
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// Where the process's stderr (its log) goes; appended to across restarts.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("hooksign.log")
+    }
+
+    /// The store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("webhooks.toml")
     }
 
     /// Sends a signal to the process by its PID.
@@ -540,6 +566,29 @@ impl Drop for TestBinary {
             let _ = self.child.wait();
         }
     }
+}
+
+fn spawn_binary(config_path: &Path, log_path: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hooksign"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let (proxy, admin) =
+        parse_ready(&line).unwrap_or_else(|| panic!("no ready line, got {line:?}"));
+    (child, proxy, admin)
 }
 
 fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
@@ -579,4 +628,125 @@ pub fn run_binary(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) 
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+// === admin API ===
+
+/// A company no token but `OPS_TOKEN` and `VIEW_TOKEN` is granted.
+pub const OTHER_COMPANY: &str = "6ba7b810-9dad-41d1-80b4-00c04fd430c8";
+/// Granted every company, both permissions.
+pub const OPS_TOKEN: &str = "hks_test_ops_token";
+/// `webhook.view` only, every company.
+pub const VIEW_TOKEN: &str = "hks_test_view_token";
+/// Both permissions, `COMPANY` only.
+pub const SCOPED_TOKEN: &str = "hks_test_scoped_token";
+
+fn token_table(name: &str, token: &str, permissions: &str, companies: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "[[admin.tokens]]\nname = {name:?}\nsha256 = \"{}\"\npermissions = {permissions}\ncompanies = {companies}\n",
+        hex::encode(sha2::Sha256::digest(token.as_bytes()))
+    )
+}
+
+impl ConfigSpec {
+    /// Adds the three test tokens.
+    pub fn with_tokens(mut self) -> Self {
+        let tables = [
+            token_table(
+                "ops",
+                OPS_TOKEN,
+                "[\"webhook.view\", \"webhook.manage\"]",
+                "[\"*\"]",
+            ),
+            token_table("viewer", VIEW_TOKEN, "[\"webhook.view\"]", "[\"*\"]"),
+            token_table(
+                "scoped",
+                SCOPED_TOKEN,
+                "[\"webhook.view\", \"webhook.manage\"]",
+                &format!("[{COMPANY:?}]"),
+            ),
+        ];
+        self.tables.entry("admin").or_default();
+        self.extra.push(tables.join("\n"));
+        self
+    }
+}
+
+impl TestServer {
+    /// Calls the admin API with a bearer token and `X-Company`.
+    pub async fn api(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        company: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        api_call(self.admin, method, path, token, company, body).await
+    }
+
+    /// `POST /api/v1/webhooks` as ops for `COMPANY`; the created endpoint's JSON.
+    pub async fn create_webhook(&self, url: &str, events: &[&str]) -> serde_json::Value {
+        let reply = self
+            .api(
+                Method::POST,
+                "/api/v1/webhooks",
+                Some(OPS_TOKEN),
+                Some(COMPANY),
+                Some(serde_json::json!({"url": url, "events": events})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()
+    }
+}
+
+/// Calls an admin API at `admin` with a bearer token and `X-Company`.
+pub async fn api_call(
+    admin: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    company: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let mut headers = Vec::new();
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    if let Some(value) = &authorization {
+        headers.push(("authorization", value.as_str()));
+    }
+    if let Some(company) = company {
+        headers.push(("x-company", company));
+    }
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+    call(admin, method, path, &headers, body).await
+}
+
+/// One plain-HTTP request to `addr`, read whole (20 s at most).
+pub async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::new(Full::new(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = format!("http://{addr}{path}").parse().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("answered within 20 s")
+        .unwrap();
+    Reply::read(response).await
 }
