@@ -341,7 +341,7 @@ impl Endpoint {
 
     /// When the overlap window closes, while it is open at `now` (the API's
     /// `previousSecretExpiresAt`); `None` when there is no window or it has closed.
-    pub fn previous_secret_expires_at(&self, now: SystemTime) -> Option<OffsetDateTime> {
+    pub fn overlap_expires_at(&self, now: SystemTime) -> Option<OffsetDateTime> {
         let now = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
@@ -599,10 +599,10 @@ mod tests {
         assert_eq!(problem(r.clone()).0, "previous_secret_expires_at");
         r.previous_secret_expires_at = Some(future.clone());
         let open = Endpoint::from_record(r.clone()).unwrap();
-        assert!(open.previous_secret_expires_at(SystemTime::now()).is_some());
+        assert!(open.overlap_expires_at(SystemTime::now()).is_some());
         r.previous_secret_expires_at = Some(past);
         let closed = Endpoint::from_record(r.clone()).unwrap();
-        assert_eq!(closed.previous_secret_expires_at(SystemTime::now()), None);
+        assert_eq!(closed.overlap_expires_at(SystemTime::now()), None);
         r.previous_secret = Some(Secret::generate_for(Scheme::Storno).unwrap());
         assert_eq!(problem(r.clone()).0, "previous_secret");
         r.previous_secret = None;
