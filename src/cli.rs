@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config};
 use crate::proxy::client;
 use crate::secret::{self, Secret};
-use crate::signing::storno;
+use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
 use crate::store::file::FileBackend;
 use crate::{AppState, Listeners, RunError};
 
@@ -46,27 +46,51 @@ pub enum Command {
         #[arg(long, default_value = "ops")]
         name: String,
     },
-    /// Print the storno signature of FILE (or stdin).
+    /// Print the signature of FILE (or stdin): the bare hex for storno, else the scheme's
+    /// headers as `name: value` lines.
     Sign {
-        /// The signing secret (whsec_...).
+        /// The signing secret (whsec_..., or whsk_... for standard-webhooks-ed25519).
         #[arg(long, env = "HOOKSIGN_SECRET", hide_env_values = true)]
         secret: String,
+        #[command(flatten)]
+        message: MessageArgs,
         /// The body to sign; stdin when absent.
         file: Option<PathBuf>,
     },
-    /// Exit 0 if SIG is FILE's (or stdin's) storno signature, 1 if not.
+    /// Exit 0 if SIG holds a signature of FILE (or stdin) under the scheme, 1 if not.
     Verify {
-        /// The signing secret (whsec_...).
+        /// The signing secret (whsec_...); for standard-webhooks-ed25519 the public key
+        /// (whpk_...) or the private key (whsk_...).
         #[arg(long, env = "HOOKSIGN_SECRET", hide_env_values = true)]
         secret: String,
-        /// The signature to check (hex).
+        /// The signature header's value: hex (storno), sha256=<hex> (github),
+        /// t=<unix>,v1=<hex>[,v1=...] (stripe), or space-separated v1,<base64> / v1a,<base64>
+        /// entries (standard-webhooks). Any one matching signature is enough.
         #[arg(long)]
         signature: String,
+        #[command(flatten)]
+        message: MessageArgs,
         /// The body; stdin when absent.
         file: Option<PathBuf>,
     },
     /// Exit 0 if the admin port's /healthz answers 200 (for a container HEALTHCHECK).
     Healthcheck(ConfigArg),
+}
+
+/// What a signature covers besides the body.
+#[derive(Debug, clap::Args)]
+pub struct MessageArgs {
+    /// The signing scheme.
+    #[arg(long, default_value_t = Scheme::Storno)]
+    pub scheme: Scheme,
+    /// The message id (`webhook-id`) of the standard-webhooks schemes. `sign` makes a new one
+    /// when absent; `verify` needs it.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Unix seconds (`webhook-timestamp`, or Stripe's `t`). `sign` uses the current time when
+    /// absent; `verify` needs it for the standard-webhooks schemes (Stripe's is in the header).
+    #[arg(long)]
+    pub timestamp: Option<u64>,
 }
 
 /// `--config PATH`, defaulting to `$HOOKSIGN_CONFIG`, then `./config.toml`.
@@ -89,27 +113,135 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
         Command::Serve(arg) => serve(&arg.path()),
         Command::Check(arg) => Ok(check(&arg.path())),
         Command::Token { name } => token(&name),
-        Command::Sign { secret, file } => {
+        Command::Sign {
+            secret,
+            message,
+            file,
+        } => {
             let body = read_input(file.as_deref())?;
-            write_stdout(&format!("{}\n", storno::sign(&Secret::new(secret), &body)))?;
-            Ok(ExitCode::SUCCESS)
+            match sign(&Secret::new(secret), &message, &body) {
+                Ok(text) => {
+                    write_stdout(&text)?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(why) => Ok(usage_error(&why)),
+            }
         }
         Command::Verify {
             secret,
             signature,
+            message,
             file,
         } => {
             let body = read_input(file.as_deref())?;
-            if storno::verify(&Secret::new(secret), &body, &signature) {
-                eprintln!("signature valid");
-                Ok(ExitCode::SUCCESS)
-            } else {
-                eprintln!("signature does not match");
-                Ok(ExitCode::FAILURE)
+            match verify(&Secret::new(secret), &message, &body, &signature) {
+                Ok(true) => {
+                    eprintln!("signature valid");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(false) => {
+                    eprintln!("signature does not match");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(why) => Ok(usage_error(&why)),
             }
         }
         Command::Healthcheck(arg) => Ok(healthcheck(&arg.path())),
     }
+}
+
+/// The text `sign` prints: the bare hex for storno, else `name: value` header lines.
+fn sign(secret: &Secret, message: &MessageArgs, body: &[u8]) -> Result<String, String> {
+    let timestamp = message.timestamp.unwrap_or_else(signing::unix_now);
+    let id = || {
+        message
+            .id
+            .clone()
+            .unwrap_or_else(|| MessageId::generate().as_str().to_owned())
+    };
+    let text = match message.scheme {
+        Scheme::Storno => format!("{}\n", storno::sign(secret, body)),
+        Scheme::Github => format!(
+            "{}: {}\n",
+            github::X_HUB_SIGNATURE_256,
+            github::sign(secret, body)
+        ),
+        Scheme::Stripe => format!(
+            "{}: t={timestamp},v1={}\n",
+            stripe::STRIPE_SIGNATURE,
+            stripe::sign(secret, timestamp, body)
+        ),
+        Scheme::StandardWebhooks => {
+            let key =
+                standard_webhooks::key_bytes(secret).map_err(|err| format!("--secret {err}"))?;
+            let id = id();
+            standard_headers(
+                &id,
+                timestamp,
+                &standard_webhooks::sign(&key, &id, timestamp, body),
+            )
+        }
+        Scheme::StandardWebhooksEd25519 => {
+            let key = ed25519::signing_key(secret).map_err(|err| format!("--secret {err}"))?;
+            let id = id();
+            standard_headers(&id, timestamp, &ed25519::sign(&key, &id, timestamp, body))
+        }
+    };
+    Ok(text)
+}
+
+fn standard_headers(id: &str, timestamp: u64, signature: &str) -> String {
+    format!(
+        "{}: {id}\n{}: {timestamp}\n{}: {signature}\n",
+        standard_webhooks::WEBHOOK_ID,
+        standard_webhooks::WEBHOOK_TIMESTAMP,
+        standard_webhooks::WEBHOOK_SIGNATURE
+    )
+}
+
+/// Whether `signature` holds a valid signature; `Err` for a usage problem.
+fn verify(
+    secret: &Secret,
+    message: &MessageArgs,
+    body: &[u8],
+    signature: &str,
+) -> Result<bool, String> {
+    let signature = signature.trim();
+    let id_and_timestamp = || {
+        match (&message.id, message.timestamp) {
+        (Some(id), Some(timestamp)) => Ok((id.as_str(), timestamp)),
+        _ => Err(format!(
+            "the {} scheme needs --id and --timestamp (the webhook-id and webhook-timestamp headers)",
+            message.scheme
+        )),
+    }
+    };
+    Ok(match message.scheme {
+        Scheme::Storno => storno::verify(secret, body, signature),
+        Scheme::Github => github::verify(secret, body, signature),
+        Scheme::Stripe => stripe::verify(secret, body, signature),
+        Scheme::StandardWebhooks => {
+            let (id, timestamp) = id_and_timestamp()?;
+            standard_webhooks::key_bytes(secret).map_err(|err| format!("--secret {err}"))?;
+            standard_webhooks::verify(secret, id, timestamp, body, signature)
+        }
+        Scheme::StandardWebhooksEd25519 => {
+            let (id, timestamp) = id_and_timestamp()?;
+            let public = if secret.expose().starts_with(ed25519::PUBLIC_PREFIX) {
+                ed25519::parse_public_key(secret.expose())
+            } else {
+                ed25519::signing_key(secret).map(|key| key.verifying_key())
+            }
+            .map_err(|err| format!("--secret {err} (or whsk_ with a private key)"))?;
+            ed25519::verify(&public, id, timestamp, body, signature)
+        }
+    })
+}
+
+/// A command-line problem clap could not see: printed, exit 2 (clap's usage code).
+fn usage_error(why: &str) -> ExitCode {
+    eprintln!("hooksign: {why}");
+    ExitCode::from(2)
 }
 
 fn serve(path: &Path) -> Result<ExitCode, RunError> {

@@ -1033,3 +1033,112 @@ async fn delivery_records_are_flushed_on_shutdown() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn schemes_through_the_api_overlap_and_public_keys() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let server = server_with(ConfigSpec::new(Some(&pki)), "").await;
+    let created = server
+        .api(
+            Method::POST,
+            HOOKS,
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            Some(json!({"url": upstream.url("/s"), "events": ["*"], "scheme": "stripe"})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let created = created.json();
+    assert_eq!(created["scheme"], "stripe");
+    let uuid = created["uuid"].as_str().unwrap();
+    let rotated = server
+        .api(
+            Method::POST,
+            &format!("{HOOKS}/{uuid}/regenerate-secret"),
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            Some(json!({"previousSecretExpiresIn": 600})),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+    let rotated = rotated.json();
+    assert!(rotated["previousSecretExpiresAt"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    let fetched = server
+        .api(
+            Method::GET,
+            &format!("{HOOKS}/{uuid}"),
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(
+        fetched["previousSecretExpiresAt"],
+        rotated["previousSecretExpiresAt"]
+    );
+    assert!(!fetched
+        .to_string()
+        .contains(created["secret"].as_str().unwrap()));
+
+    let reply = server.deliver(&[("x-webhook-id", uuid)], "{\"s\":1}").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let seen = upstream.requests().pop().unwrap();
+    let header = seen.headers["stripe-signature"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let t = header
+        .split(',')
+        .find_map(|p| p.strip_prefix("t="))
+        .unwrap();
+    let signed = format!("{t}.{{\"s\":1}}");
+    let v1: Vec<&str> = header
+        .split(',')
+        .filter_map(|p| p.strip_prefix("v1="))
+        .collect();
+    let new = reference_hmac_hex(
+        rotated["secret"].as_str().unwrap().as_bytes(),
+        signed.as_bytes(),
+    );
+    let old = reference_hmac_hex(
+        created["secret"].as_str().unwrap().as_bytes(),
+        signed.as_bytes(),
+    );
+    assert_eq!(
+        v1,
+        vec![new.as_str(), old.as_str()],
+        "new signature first, then the previous"
+    );
+
+    let ed = server
+        .api(
+            Method::POST,
+            HOOKS,
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            Some(json!({"url": upstream.url("/e"), "events": ["*"], "scheme": "standard-webhooks-ed25519"})),
+        )
+        .await;
+    assert_eq!(ed.status, StatusCode::CREATED, "{}", ed.text());
+    let ed = ed.json();
+    assert!(ed["publicKey"].as_str().unwrap().starts_with("whpk_"));
+    assert!(ed["secret"].as_str().unwrap().starts_with("whsk_"));
+    let listed = server
+        .api(Method::GET, HOOKS, Some(OPS_TOKEN), Some(COMPANY), None)
+        .await
+        .json();
+    let entry = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["uuid"] == ed["uuid"])
+        .unwrap()
+        .clone();
+    assert_eq!(entry["publicKey"], ed["publicKey"]);
+    assert_eq!(entry["secret"], "whsk_••••••••••••••••••••••••");
+}

@@ -41,13 +41,13 @@ fn check_reports_store_problems_with_line_and_column() {
     let path = ConfigSpec::new(None).write(dir.path(), &store_toml(&[&good, &bad, &duplicate]));
     let (code, _, stderr) = run_binary(&["check", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 1, "{stderr}");
-    // Each table is 7 lines and a blank one: the second table's url is on line 12.
+    // Each table is 8 lines and a blank one: the second table's url is on line 13.
     assert!(
-        stderr.contains("webhooks[1].url (line 12, column 1)"),
+        stderr.contains("webhooks[1].url (line 13, column 1)"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("webhooks[2].uuid (line 18, column 1): duplicate"),
+        stderr.contains("webhooks[2].uuid (line 20, column 1): duplicate"),
         "{stderr}"
     );
     assert!(stderr.contains("2 problem(s)"), "{stderr}");

@@ -3,7 +3,7 @@
 //! [`crate::store::Store::update`], so it is durable before it is acknowledged.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use url::Url;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -21,16 +22,16 @@ use super::error::{AdminError, ApiJson};
 use crate::config::Permission;
 use crate::proxy;
 use crate::secret::Secret;
-use crate::signing::Scheme;
-use crate::store::{self, now_text, Endpoint, EndpointRecord, Status};
+use crate::signing::{Delivery, Scheme};
+use crate::store::{self, now_text, Endpoint, EndpointRecord, RotateError, Status};
 use crate::AppState;
 
 /// Most event types an endpoint may subscribe to.
 pub const MAX_EVENTS: usize = 10;
 /// Longest description, in characters.
 pub const MAX_DESCRIPTION: usize = 255;
-/// How a secret reads wherever it is not shown in full.
-pub const MASKED_SECRET: &str = "whsec_••••••••••••••••••••••••";
+/// How a secret's random part reads wherever it is not shown in full.
+const MASK: &str = "••••••••••••••••••••••••";
 /// The most of a test delivery's response body that is read (and dropped).
 const TEST_RESPONSE_LIMIT: usize = 64 * 1024;
 
@@ -97,6 +98,12 @@ pub struct WebhookView {
     pub consecutive_failures: u64,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
+    /// The Ed25519 public key (`whpk_…`) receivers verify with; `standard-webhooks-ed25519` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    /// While an overlap window is open: when the previous secret stops signing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
 }
 
 /// `{"data": [...]}`.
@@ -158,7 +165,7 @@ impl WebhookView {
             secret: if reveal {
                 endpoint.secret.expose().to_owned()
             } else {
-                MASKED_SECRET.to_owned()
+                masked(endpoint.secret.expose())
             },
             secret_hint: endpoint.secret.hint(),
             deliveries_count: stats.deliveries(),
@@ -167,6 +174,10 @@ impl WebhookView {
             consecutive_failures: stats.consecutive_failures(),
             created_at: endpoint.created_at.map(store::format_time),
             updated_at: endpoint.updated_at.map(store::format_time),
+            public_key: endpoint.public_key(),
+            previous_secret_expires_at: endpoint
+                .overlap_expires_at(SystemTime::now())
+                .map(store::format_time),
         }
     }
 }
@@ -199,7 +210,8 @@ pub async fn create(
             AdminError::Validation(err.to_string())
         })?,
     };
-    let secret = Secret::generate().map_err(|err| AdminError::Internal(err.to_string()))?;
+    let secret =
+        Secret::generate_for(scheme).map_err(|err| AdminError::Internal(err.to_string()))?;
     let uuid = Uuid::new_v4();
     let now = now_text();
     let record = EndpointRecord {
@@ -217,6 +229,8 @@ pub async fn create(
         .to_owned(),
         scheme: scheme.as_str().to_owned(),
         secret,
+        previous_secret: None,
+        previous_secret_expires_at: None,
         created_at: Some(now.clone()),
         updated_at: Some(now),
         deliveries_count: 0,
@@ -412,26 +426,19 @@ pub async fn regenerate_secret(
         serde_json::from_slice(&body)
             .map_err(|err| AdminError::InvalidRequest(format!("invalid JSON body: {err}")))?
     };
-    if request.previous_secret_expires_in > 86_400 {
-        return Err(AdminError::Validation(
-            "previousSecretExpiresIn must be between 0 and 86400 seconds".into(),
-        ));
-    }
-    let secret = Secret::generate().map_err(|err| AdminError::Internal(err.to_string()))?;
+    let window = Duration::from_secs(request.previous_secret_expires_in);
     state
         .store
         .update(|records| {
             let record = find_record(records, uuid, caller.company)?;
-            if request.previous_secret_expires_in > 0 {
-                return Err(AdminError::Validation(format!(
-                    "the {} scheme's receivers compare a single signature, so it cannot keep the previous \
-                     secret signing for a window; use previousSecretExpiresIn 0",
-                    record.scheme
-                )));
-            }
-            record.secret = secret;
-            record.updated_at = Some(now_text());
-            Ok(())
+            *record =
+                store::rotate(record, window, OffsetDateTime::now_utc()).map_err(
+                    |err| match err {
+                        RotateError::Random(err) => AdminError::Internal(err.to_string()),
+                        other => AdminError::Validation(other.to_string()),
+                    },
+                )?;
+            Ok::<(), AdminError>(())
         })
         .await?;
     state.metrics.secret_rotations.inc();
@@ -471,7 +478,8 @@ pub async fn test(
         })
         .to_string(),
     );
-    let mut signer = endpoint.signer.begin();
+    let delivery = Delivery::now(endpoint.scheme, None);
+    let mut signer = endpoint.signer.begin(&delivery);
     signer.update(&body);
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -539,6 +547,12 @@ pub async fn events(
 }
 
 // === helpers ===
+
+/// `whsec_••••…` (or `whsk_••••…` for a private key): the prefix, never a character of the key.
+fn masked(secret: &str) -> String {
+    let prefix = secret.split_once('_').map_or("whsec", |(prefix, _)| prefix);
+    format!("{prefix}_{MASK}")
+}
 
 /// An id that is not a uuid names no endpoint: 404, like an unknown one.
 fn parse_uuid(text: &str) -> Result<Uuid, AdminError> {

@@ -32,7 +32,7 @@ use uuid::Uuid;
 pub use body::ChunkBody;
 pub use headers::strip_hop_by_hop;
 
-use crate::signing::BodySigner;
+use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::store::{now_text, DeliveryOutcome, Endpoint, Status, WriteError};
 use crate::AppState;
 
@@ -40,6 +40,9 @@ use crate::AppState;
 pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
 /// The optional header naming the delivery's event type.
 pub const X_WEBHOOK_EVENT: HeaderName = HeaderName::from_static("x-webhook-event");
+/// The application's stable id of a message (kept across its retries): the `webhook-id` of the
+/// Standard Webhooks schemes. Forwarded unchanged like any other application header.
+pub const X_WEBHOOK_MESSAGE_ID: HeaderName = HeaderName::from_static("x-webhook-message-id");
 /// Set on every response hooksign itself produces instead of the customer.
 pub const X_HOOKSIGN_ERROR: HeaderName = HeaderName::from_static("x-hooksign-error");
 /// The id of a refused request, also in the error body's `meta.requestId`.
@@ -57,6 +60,7 @@ pub enum Outcome {
     /// The upstream answered, but not 2xx.
     Failed,
     MissingWebhookId,
+    InvalidMessageId,
     UnknownWebhook,
     WebhookInactive,
     EventNotSubscribed,
@@ -71,10 +75,11 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 13] = [
+    pub const ALL: [Outcome; 14] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
+        Self::InvalidMessageId,
         Self::UnknownWebhook,
         Self::WebhookInactive,
         Self::EventNotSubscribed,
@@ -93,6 +98,7 @@ impl Outcome {
             Self::Success => "success",
             Self::Failed => "failed",
             Self::MissingWebhookId => "missing_webhook_id",
+            Self::InvalidMessageId => "invalid_message_id",
             Self::UnknownWebhook => "unknown_webhook",
             Self::WebhookInactive => "webhook_inactive",
             Self::EventNotSubscribed => "event_not_subscribed",
@@ -109,7 +115,9 @@ impl Outcome {
     fn status(self) -> StatusCode {
         match self {
             Self::Success | Self::Failed => StatusCode::OK,
-            Self::MissingWebhookId | Self::BodyReadFailed => StatusCode::BAD_REQUEST,
+            Self::MissingWebhookId | Self::InvalidMessageId | Self::BodyReadFailed => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnknownWebhook => StatusCode::NOT_FOUND,
             Self::WebhookInactive => StatusCode::CONFLICT,
             Self::EventNotSubscribed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -125,6 +133,9 @@ impl Outcome {
         match self {
             Self::Success | Self::Failed => "delivered",
             Self::MissingWebhookId => "X-Webhook-Id must name an endpoint by its uuid",
+            Self::InvalidMessageId => {
+                "X-Webhook-Message-Id must be 1 to 255 visible ASCII characters without spaces"
+            }
             Self::UnknownWebhook => "no endpoint has this X-Webhook-Id",
             Self::WebhookInactive => "the endpoint is not active",
             Self::EventNotSubscribed => "the endpoint is not subscribed to this X-Webhook-Event",
@@ -237,9 +248,14 @@ async fn deliver(
             return Err(state.refuse(Outcome::EventNotSubscribed, Some(&uuid)));
         }
     }
-    if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
-        return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
-    }
+    let message_id = match parts.headers.get(&X_WEBHOOK_MESSAGE_ID) {
+        Some(value) if endpoint.scheme.uses_message_id() => Some(
+            MessageId::parse(value.as_bytes())
+                .map_err(|_| state.refuse(Outcome::InvalidMessageId, Some(&uuid)))?,
+        ),
+        _ => None,
+    };
+    let delivery = Delivery::now(endpoint.scheme, message_id);
 
     let limit = state.config.proxy.max_body_bytes;
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
@@ -247,7 +263,7 @@ async fn deliver(
     }
     let (chunks, len, signer) = tokio::time::timeout(
         state.config.proxy.body_read_timeout,
-        read_body(body, limit, endpoint.signer.begin()),
+        read_body(body, limit, endpoint.signer.begin(&delivery)),
     )
     .await
     .map_err(|_| Outcome::BodyReadTimeout)
@@ -295,7 +311,7 @@ pub async fn forward(
     headers.remove(header::HOST);
     headers.remove(header::EXPECT);
     headers.remove(&X_WEBHOOK_ID);
-    headers.insert(&state.config.signing.header, signer.finish());
+    signer.finish(&state.config.signing.header, &mut headers);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
 
     let mut upstream_request = Request::new(ChunkBody::new(chunks, len));

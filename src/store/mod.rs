@@ -11,6 +11,9 @@
 //!
 //! Delivery records ([`DeliveryStats`]) are atomics shared by every snapshot that holds the
 //! endpoint, so a delivery never takes a lock and a reload keeps the counters.
+//!
+//! Secret rotation is [`rotate`], a pure function from a record to the rotated record, which
+//! the admin API persists through [`Store::update`].
 
 pub mod file;
 mod stats;
@@ -23,6 +26,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::Uri;
@@ -31,11 +35,14 @@ use time::OffsetDateTime;
 use url::Url;
 use uuid::Uuid;
 
-use crate::secret::{self, Secret};
-use crate::signing::{EndpointSigner, Scheme};
+use crate::secret::{RandomError, Secret};
+use crate::signing::{EndpointSigner, Scheme, UnknownScheme};
 
 /// The longest endpoint URL accepted (characters).
 pub const MAX_URL_LEN: usize = 2048;
+
+/// The longest rotation overlap window (SPEC section 5: `previousSecretExpiresIn` 0 to 86400).
+pub const MAX_OVERLAP: Duration = Duration::from_secs(86_400);
 
 /// The live store: the current snapshot, swapped atomically, and the backend behind it.
 pub struct Store {
@@ -311,6 +318,13 @@ pub struct EndpointRecord {
     #[serde(default = "default_scheme")]
     pub scheme: String,
     pub secret: Secret,
+    /// The key replaced by the last rotation, still signing until `previous_secret_expires_at`
+    /// (only for schemes that allow an overlap window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret: Option<Secret>,
+    /// When `previous_secret` stops being used (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_secret_expires_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -358,6 +372,12 @@ pub struct Endpoint {
     pub status: Status,
     pub scheme: Scheme,
     pub secret: Secret,
+    /// The previous key of a rotation overlap window (possibly already expired).
+    pub previous_secret: Option<Secret>,
+    /// When the previous key stops being used.
+    pub previous_secret_expires_at: Option<OffsetDateTime>,
+    /// The keyed signer (current and previous keys); the previous one is used while a delivery's
+    /// timestamp is before its expiry.
     pub signer: EndpointSigner,
     pub created_at: Option<OffsetDateTime>,
     pub updated_at: Option<OffsetDateTime>,
@@ -405,12 +425,31 @@ impl Endpoint {
         let scheme: Scheme = record
             .scheme
             .parse()
-            .map_err(|err: crate::signing::UnknownScheme| ("scheme", err.to_string()))?;
-        if !secret::is_hex_secret(record.secret.expose()) {
-            return Err((
-                "secret",
-                "must be whsec_ followed by 64 lowercase hex characters".into(),
-            ));
+            .map_err(|err: UnknownScheme| ("scheme", err.to_string()))?;
+        let mut signer = EndpointSigner::new(scheme, &record.secret)
+            .map_err(|err| ("secret", format!("{err} for the {scheme} scheme")))?;
+        let previous_secret_expires_at = parse_time(record.previous_secret_expires_at.as_deref())
+            .map_err(|why| ("previous_secret_expires_at", why))?;
+        match (&record.previous_secret, previous_secret_expires_at) {
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err((
+                    "previous_secret_expires_at",
+                    "is required with previous_secret".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "previous_secret",
+                    "is missing, but previous_secret_expires_at is set".into(),
+                ))
+            }
+            (Some(previous), Some(expires_at)) => {
+                let expires_at = u64::try_from(expires_at.unix_timestamp()).unwrap_or(0);
+                signer = signer
+                    .with_previous(previous, expires_at)
+                    .map_err(|err| ("previous_secret", format!("{err} for the {scheme} scheme")))?;
+            }
         }
         let created_at =
             parse_time(record.created_at.as_deref()).map_err(|why| ("created_at", why))?;
@@ -437,7 +476,6 @@ impl Endpoint {
                 record.consecutive_failures,
             ))
         });
-        let signer = EndpointSigner::new(scheme, &record.secret);
         Ok(Self {
             uuid,
             company,
@@ -449,6 +487,8 @@ impl Endpoint {
             status,
             scheme,
             secret: record.secret.clone(),
+            previous_secret: record.previous_secret.clone(),
+            previous_secret_expires_at,
             signer,
             created_at,
             updated_at,
@@ -467,6 +507,22 @@ impl Endpoint {
         record
     }
 
+    /// The Ed25519 public key receivers verify with (`whpk_<base64>`), for the
+    /// `standard-webhooks-ed25519` scheme; `None` for the HMAC schemes.
+    pub fn public_key(&self) -> Option<String> {
+        self.signer.public_key()
+    }
+
+    /// When the overlap window closes, while it is open at `now` (the API's
+    /// `previousSecretExpiresAt`); `None` when there is no window or it has closed.
+    pub fn overlap_expires_at(&self, now: SystemTime) -> Option<OffsetDateTime> {
+        let now = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        self.previous_secret_expires_at
+            .filter(|_| self.signer.overlap_open_at(now))
+    }
+
     /// Whether the endpoint takes events of this type.
     pub fn subscribes_to(&self, event: &[u8]) -> bool {
         self.all_events || self.events.iter().any(|e| e.as_bytes() == event)
@@ -480,8 +536,65 @@ impl fmt::Debug for Endpoint {
             .field("company", &self.company)
             .field("status", &self.status)
             .field("scheme", &self.scheme)
+            .field(
+                "previous_secret_expires_at",
+                &self.previous_secret_expires_at,
+            )
             .finish_non_exhaustive()
     }
+}
+
+// === rotation ===
+
+/// Why a secret could not be rotated.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RotateError {
+    #[error(transparent)]
+    UnknownScheme(#[from] UnknownScheme),
+    /// A non-zero overlap window on `storno` or `github` (the API answers 422).
+    #[error("the {0} scheme allows no overlap window (previousSecretExpiresIn must be 0): its receivers compare one signature")]
+    OverlapNotAllowed(Scheme),
+    /// A window longer than [`MAX_OVERLAP`] (the API answers 422).
+    #[error("the overlap window can be at most {} seconds", MAX_OVERLAP.as_secs())]
+    WindowTooLong,
+    #[error(transparent)]
+    Random(#[from] RandomError),
+}
+
+/// Rotates a record's secret at `now`: a new secret in the scheme's format from the OS CSPRNG.
+/// With `expires_in` zero the old secret stops signing at once (and any earlier previous secret
+/// is dropped); otherwise it becomes `previous_secret` until `now + expires_in` (whole seconds),
+/// replacing any earlier previous secret, so at most two keys sign. `updated_at` becomes `now`.
+/// Pure apart from the randomness: the caller persists the result.
+pub fn rotate(
+    record: &EndpointRecord,
+    expires_in: Duration,
+    now: OffsetDateTime,
+) -> Result<EndpointRecord, RotateError> {
+    let scheme: Scheme = record.scheme.parse()?;
+    if !expires_in.is_zero() && !scheme.allows_overlap() {
+        return Err(RotateError::OverlapNotAllowed(scheme));
+    }
+    if expires_in > MAX_OVERLAP {
+        return Err(RotateError::WindowTooLong);
+    }
+    let now = now
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(now);
+    let mut next = record.clone();
+    next.secret = Secret::generate_for(scheme)?;
+    if expires_in.is_zero() {
+        next.previous_secret = None;
+        next.previous_secret_expires_at = None;
+    } else {
+        let expires_at = now + time::Duration::seconds(expires_in.as_secs() as i64);
+        next.previous_secret = Some(record.secret.clone());
+        next.previous_secret_expires_at = Some(format_time(expires_at));
+    }
+    next.updated_at = Some(format_time(now));
+    Ok(next)
 }
 
 /// Parses an endpoint URL: http or https, a host, no userinfo, at most 2048 characters.
@@ -538,6 +651,8 @@ mod tests {
             status: "active".into(),
             scheme: "storno".into(),
             secret: Secret::new(format!("whsec_{}", "0".repeat(64))),
+            previous_secret: None,
+            previous_secret_expires_at: None,
             created_at: Some("2026-02-18T10:00:00Z".into()),
             updated_at: None,
             deliveries_count: 0,
@@ -599,6 +714,154 @@ mod tests {
         assert!(parse_endpoint_url("file:///etc/passwd").is_err());
         assert!(parse_endpoint_url(&format!("https://example.com/{}", "a".repeat(2048))).is_err());
         assert!(parse_endpoint_url("not a url").is_err());
+    }
+
+    fn with_scheme(scheme: Scheme) -> EndpointRecord {
+        let mut r = record(ID);
+        r.scheme = scheme.as_str().into();
+        r.secret = Secret::generate_for(scheme).unwrap();
+        r
+    }
+
+    fn problem(r: EndpointRecord) -> (&'static str, String) {
+        Endpoint::from_record(r, None).map(|_| ()).unwrap_err()
+    }
+
+    #[test]
+    fn each_scheme_takes_only_its_secret_format() {
+        for scheme in Scheme::ALL {
+            assert!(
+                Endpoint::from_record(with_scheme(scheme), None).is_ok(),
+                "{scheme}"
+            );
+            for other in Scheme::ALL {
+                if scheme.check_secret(&with_scheme(other).secret).is_ok() {
+                    continue; // storno, stripe and github share the hex format
+                }
+                let mut r = with_scheme(scheme);
+                r.secret = with_scheme(other).secret;
+                let leaked = r.secret.expose().to_owned();
+                let (field, message) = problem(r);
+                assert_eq!(field, "secret", "{scheme} with a {other} secret");
+                assert!(message.contains(scheme.as_str()), "{message}");
+                assert!(!message.contains(&leaked[6..]), "secret leaked: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_ed25519_endpoint_shows_its_public_key_only() {
+        let endpoint =
+            Endpoint::from_record(with_scheme(Scheme::StandardWebhooksEd25519), None).unwrap();
+        let public = endpoint.public_key().unwrap();
+        assert!(
+            public.starts_with("whpk_") && public.len() == 5 + 44,
+            "{public}"
+        );
+        assert_ne!(public[5..], endpoint.secret.expose()[5..]);
+        assert_eq!(
+            Endpoint::from_record(record(ID), None)
+                .unwrap()
+                .public_key(),
+            None
+        );
+    }
+
+    #[test]
+    fn previous_secrets_are_validated() {
+        let past = "2020-01-01T00:00:00Z".to_owned();
+        let future = "2999-01-01T00:00:00Z".to_owned();
+        for scheme in [Scheme::Storno, Scheme::Github] {
+            let mut r = with_scheme(scheme);
+            r.previous_secret = Some(Secret::generate_for(scheme).unwrap());
+            r.previous_secret_expires_at = Some(future.clone());
+            let (field, message) = problem(r);
+            assert_eq!(field, "previous_secret");
+            assert!(message.contains("allows no previous secret"), "{message}");
+        }
+        let scheme = Scheme::StandardWebhooks;
+        let mut r = with_scheme(scheme);
+        r.previous_secret = Some(Secret::generate_for(scheme).unwrap());
+        assert_eq!(problem(r.clone()).0, "previous_secret_expires_at");
+        r.previous_secret_expires_at = Some("tomorrow".into());
+        assert_eq!(problem(r.clone()).0, "previous_secret_expires_at");
+        r.previous_secret_expires_at = Some(future.clone());
+        let open = Endpoint::from_record(r.clone(), None).unwrap();
+        assert!(open.overlap_expires_at(SystemTime::now()).is_some());
+        r.previous_secret_expires_at = Some(past);
+        let closed = Endpoint::from_record(r.clone(), None).unwrap();
+        assert_eq!(closed.overlap_expires_at(SystemTime::now()), None);
+        r.previous_secret = Some(Secret::generate_for(Scheme::Storno).unwrap());
+        assert_eq!(problem(r.clone()).0, "previous_secret");
+        r.previous_secret = None;
+        r.previous_secret_expires_at = Some(future);
+        assert_eq!(problem(r).0, "previous_secret");
+    }
+
+    #[test]
+    fn rotate_moves_the_old_secret_to_previous_for_the_window() {
+        let now = time::macros::datetime!(2026-02-18 10:00:00.75 UTC);
+        let original = with_scheme(Scheme::Stripe);
+        let rotated = rotate(&original, Duration::from_secs(3600), now).unwrap();
+        assert_ne!(rotated.secret, original.secret);
+        assert_eq!(rotated.previous_secret.as_ref(), Some(&original.secret));
+        assert_eq!(
+            rotated.previous_secret_expires_at.as_deref(),
+            Some("2026-02-18T11:00:00Z")
+        );
+        assert_eq!(rotated.updated_at.as_deref(), Some("2026-02-18T10:00:00Z"));
+        assert!(Endpoint::from_record(rotated.clone(), None).is_ok());
+
+        // A second rotation with a window replaces the previous secret; without one, drops it.
+        let again = rotate(&rotated, Duration::from_secs(60), now).unwrap();
+        assert_eq!(again.previous_secret.as_ref(), Some(&rotated.secret));
+        let immediate = rotate(&again, Duration::ZERO, now).unwrap();
+        assert_eq!(immediate.previous_secret, None);
+        assert_eq!(immediate.previous_secret_expires_at, None);
+        assert_ne!(immediate.secret, again.secret);
+    }
+
+    #[test]
+    fn rotate_generates_the_schemes_format_and_refuses_bad_windows() {
+        let now = OffsetDateTime::now_utc();
+        for scheme in Scheme::ALL {
+            let rotated = rotate(&with_scheme(scheme), Duration::ZERO, now).unwrap();
+            assert_eq!(scheme.check_secret(&rotated.secret), Ok(()), "{scheme}");
+            let windowed = rotate(&with_scheme(scheme), Duration::from_secs(1), now);
+            assert_eq!(windowed.is_ok(), scheme.allows_overlap(), "{scheme}");
+        }
+        let err = rotate(&with_scheme(Scheme::Github), Duration::from_secs(1), now).unwrap_err();
+        assert!(matches!(
+            err,
+            RotateError::OverlapNotAllowed(Scheme::Github)
+        ));
+        assert!(
+            err.to_string()
+                .contains("github scheme allows no overlap window"),
+            "{err}"
+        );
+        let too_long = rotate(
+            &with_scheme(Scheme::Stripe),
+            MAX_OVERLAP + Duration::from_secs(1),
+            now,
+        );
+        assert!(matches!(too_long, Err(RotateError::WindowTooLong)));
+        assert!(rotate(&with_scheme(Scheme::Stripe), MAX_OVERLAP, now).is_ok());
+    }
+
+    #[test]
+    fn records_never_show_their_secrets_in_debug() {
+        let rotated = rotate(
+            &with_scheme(Scheme::StandardWebhooks),
+            Duration::from_secs(60),
+            OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        let previous = rotated.previous_secret.clone().unwrap();
+        let endpoint = Endpoint::from_record(rotated.clone(), None).unwrap();
+        let text = format!("{rotated:?} {endpoint:?}");
+        assert!(!text.contains(&previous.expose()[6..]), "{text}");
+        assert!(!text.contains(&rotated.secret.expose()[6..]), "{text}");
     }
 
     #[test]

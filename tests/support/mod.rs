@@ -269,6 +269,10 @@ pub struct EndpointSpec {
     pub events: Vec<String>,
     pub status: String,
     pub secret: String,
+    /// `scheme` in the store file (`storno` when written as the default).
+    pub scheme: String,
+    /// `previous_secret` and `previous_secret_expires_at`, when set.
+    pub previous: Option<(String, String)>,
 }
 
 impl EndpointSpec {
@@ -282,17 +286,39 @@ impl EndpointSpec {
                 .unwrap()
                 .expose()
                 .to_owned(),
+            scheme: "storno".into(),
+            previous: None,
+        }
+    }
+
+    /// An endpoint signed with `scheme`, holding a fresh secret in that scheme's format.
+    pub fn with_scheme(url: impl Into<String>, scheme: hooksign::signing::Scheme) -> Self {
+        Self {
+            scheme: scheme.as_str().into(),
+            secret: hooksign::secret::Secret::generate_for(scheme)
+                .unwrap()
+                .expose()
+                .to_owned(),
+            ..Self::new(url)
         }
     }
 
     pub fn toml(&self) -> String {
         let events: Vec<String> = self.events.iter().map(|e| format!("{e:?}")).collect();
+        let previous = self
+            .previous
+            .as_ref()
+            .map(|(secret, expires)| {
+                format!("previous_secret = {secret:?}\nprevious_secret_expires_at = {expires:?}\n")
+            })
+            .unwrap_or_default();
         format!(
-            "[[webhooks]]\nuuid = {:?}\ncompany = {COMPANY:?}\nurl = {:?}\nevents = [{}]\nstatus = {:?}\nsecret = {:?}\n\n",
+            "[[webhooks]]\nuuid = {:?}\ncompany = {COMPANY:?}\nurl = {:?}\nevents = [{}]\nstatus = {:?}\nscheme = {:?}\nsecret = {:?}\n{previous}\n",
             self.uuid,
             self.url,
             events.join(", "),
             self.status,
+            self.scheme,
             self.secret
         )
     }

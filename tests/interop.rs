@@ -1,0 +1,107 @@
+//! Interop: deliveries signed by a running hooksign (in-process, recording TLS upstream) are
+//! verified by the receivers' own libraries: Python `standardwebhooks` 1.1.0, `stripe` 16.1.0,
+//! `cryptography` (Ed25519), and GitHub's documented HMAC snippet, through
+//! `tests/interop/verify.py`.
+//!
+//! Enabled by `HOOKSIGN_INTEROP_PYTHON`, the path of a Python with those packages (`.ci/run`
+//! creates the venv and sets it). Unset, the test prints that it is skipped and passes.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use hooksign::signing::Scheme;
+use http::StatusCode;
+use support::*;
+
+/// UTF-8 and non-empty: no receiver library verifies anything else (see the field notes).
+const BODY: &str =
+    r#"{"type":"invoice.paid","data":{"id":"inv_7","customer":"Zoë","amount":"99.00 €"}}"#;
+
+#[tokio::test]
+async fn receivers_libraries_verify_every_scheme() {
+    let Some(python) = std::env::var_os("HOOKSIGN_INTEROP_PYTHON") else {
+        println!("interop skipped: HOOKSIGN_INTEROP_PYTHON is not set");
+        return;
+    };
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let mut endpoints = Vec::new();
+    for scheme in Scheme::ALL {
+        endpoints.push((
+            scheme,
+            EndpointSpec::with_scheme(upstream.url("/in"), scheme),
+        ));
+        if scheme.allows_overlap() {
+            let mut rotated = EndpointSpec::with_scheme(upstream.url("/in"), scheme);
+            let previous = EndpointSpec::with_scheme("", scheme).secret;
+            rotated.previous = Some((previous, "2999-01-01T00:00:00Z".to_owned()));
+            endpoints.push((scheme, rotated));
+        }
+    }
+    let refs: Vec<&EndpointSpec> = endpoints.iter().map(|(_, e)| e).collect();
+    let server = TestServer::start(&ConfigSpec::new(Some(&pki)), &store_toml(&refs)).await;
+
+    let mut cases = Vec::new();
+    for (scheme, endpoint) in &endpoints {
+        let reply = server
+            .deliver(&[("x-webhook-id", &endpoint.uuid)], BODY)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{scheme}: {}", reply.text());
+        let seen = upstream.requests().pop().unwrap();
+        let headers: serde_json::Map<String, serde_json::Value> = seen
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().into()))
+            .collect();
+        let mut keys = vec![endpoint.secret.clone()];
+        keys.extend(endpoint.previous.as_ref().map(|(secret, _)| secret.clone()));
+        if *scheme == Scheme::StandardWebhooksEd25519 {
+            keys = keys.iter().map(|k| public_key(*scheme, k)).collect();
+        }
+        cases.push(serde_json::json!({
+            "scheme": scheme.as_str(),
+            "body": std::str::from_utf8(&seen.body).unwrap(),
+            "headers": headers,
+            "keys": keys,
+        }));
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/verify.py");
+    let mut child = Command::new(&python)
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("running {python:?}: {err}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::Value::Array(cases).to_string().as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "receiver libraries refused hooksign's signatures:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok")).count(),
+        endpoints.len()
+    );
+}
+
+/// The `whpk_` public key of a `whsk_` secret, as the endpoint exposes it.
+fn public_key(scheme: Scheme, secret: &str) -> String {
+    let signer = hooksign::signing::EndpointSigner::new(
+        scheme,
+        &hooksign::secret::Secret::new(secret.to_owned()),
+    )
+    .unwrap();
+    signer.public_key().unwrap()
+}
