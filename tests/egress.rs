@@ -211,6 +211,32 @@ async fn allow_ports_and_allow_cidrs_apply_to_url_checks() {
     );
 }
 
+/// Never answers.
+#[derive(Debug)]
+struct Hanging;
+
+impl Resolve for Hanging {
+    fn resolve<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+#[tokio::test]
+async fn a_resolver_that_never_answers_times_out_as_resolve_failed() {
+    let policy = EgressPolicy::new(&egress_config(), Arc::new(Hanging))
+        .with_resolve_timeout(std::time::Duration::from_millis(50));
+    let url = parse_endpoint_url("https://slow.test.invalid/").unwrap();
+    let denied = tokio::time::timeout(std::time::Duration::from_secs(5), policy.check_url(&url))
+        .await
+        .expect("the resolve timeout bounds the check")
+        .unwrap_err();
+    assert_eq!(denied.reason(), DenyReason::ResolveFailed, "{denied}");
+}
+
 // === deliveries ===
 
 #[tokio::test]
