@@ -10,6 +10,7 @@
 //! - [`signing`]: signature schemes, keyed once per snapshot.
 //! - [`store`]: endpoints and secrets as one `ArcSwap<Snapshot>`, loaded from a backend.
 //! - [`proxy`]: the delivery path (hyper server in, pooled rustls client out).
+//! - [`egress`]: the SSRF guard: resolve, classify every address, dial the checked one.
 //! - [`admin`]: the operator port (probes, metrics).
 //! - [`metrics`]: the Prometheus registry.
 //! - [`cli`]: the command line (`serve`, `check`, `token`, `sign`, `verify`, `healthcheck`).
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;
@@ -36,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::egress::{EgressPolicy, Resolve, SystemResolver};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy::client::{self, ClientError, UpstreamClient};
 use crate::store::file::FileBackend;
@@ -48,6 +51,9 @@ pub struct AppState {
     pub store: Store,
     pub admin_tokens: admin::Tokens,
     pub metrics: Metrics,
+    /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
+    /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
+    pub egress: Arc<EgressPolicy>,
     pub upstream: UpstreamClient,
 }
 
@@ -85,8 +91,17 @@ impl RunError {
 }
 
 impl AppState {
-    /// Builds the state for `config`: metrics, the store loaded from its backend, the client.
+    /// Builds the state for `config`: metrics, the store loaded from its backend, the egress
+    /// guard on the system resolver, the client.
     pub async fn build(config: Config) -> Result<Arc<Self>, RunError> {
+        Self::build_with_resolver(config, Arc::new(SystemResolver)).await
+    }
+
+    /// As [`AppState::build`], with the egress guard resolving names through `resolver`.
+    pub async fn build_with_resolver(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Self>, RunError> {
         let metrics = Metrics::new()?;
         let file = FileBackend::new(config.store.path.clone());
         file.remove_stale_temp_files();
@@ -100,13 +115,15 @@ impl AppState {
         };
         metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
         tracing::info!(endpoints = snapshot.len(), "store loaded");
-        let upstream = client::build(&config.egress)?;
+        let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
+        let upstream = client::build(&config.egress, Arc::clone(&egress))?;
         let admin_tokens = admin::Tokens::new(&config.admin);
         Ok(Arc::new(Self {
             config,
             store: Store::new(snapshot, backend),
             admin_tokens,
             metrics,
+            egress,
             upstream,
         }))
     }

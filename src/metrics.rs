@@ -9,6 +9,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::egress::DenyReason;
 use crate::proxy::Outcome;
 
 /// Upstream latency buckets, loopback to the far side of the internet (seconds).
@@ -35,6 +36,8 @@ pub struct Metrics {
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     pub egress_blocked: IntCounterVec,
+    /// `egress_blocked`, resolved per reason (indexed by discriminant).
+    egress_blocked_by_reason: Vec<IntCounter>,
     pub admin_requests: IntCounterVec,
 }
 
@@ -91,6 +94,10 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let egress_blocked_by_reason = DenyReason::ALL
+            .iter()
+            .map(|reason| egress_blocked.with_label_values(&[reason.as_label()]))
+            .collect();
         let admin_requests = IntCounterVec::new(
             Opts::new(
                 "hooksign_admin_requests_total",
@@ -128,6 +135,7 @@ impl Metrics {
             store_endpoints,
             secret_rotations,
             egress_blocked,
+            egress_blocked_by_reason,
             admin_requests,
         })
     }
@@ -135,6 +143,11 @@ impl Metrics {
     /// Counts one finished proxy request.
     pub fn delivery(&self, outcome: Outcome) {
         self.deliveries[outcome as usize].inc();
+    }
+
+    /// Counts one destination refused by the egress guard.
+    pub fn egress_refused(&self, reason: DenyReason) {
+        self.egress_blocked_by_reason[reason as usize].inc();
     }
 
     /// Records the upstream's time to response headers.
@@ -206,6 +219,27 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hooksign_build_info{version="), "{text}");
+    }
+
+    #[test]
+    fn every_egress_reason_has_its_own_counter() {
+        let metrics = Metrics::new().unwrap();
+        metrics.egress_refused(DenyReason::LinkLocal);
+        metrics.egress_refused(DenyReason::Port);
+        metrics.egress_refused(DenyReason::Port);
+        let text = metrics.render().unwrap();
+        assert!(
+            text.contains("hooksign_egress_blocked_total{reason=\"link_local\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooksign_egress_blocked_total{reason=\"port\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hooksign_egress_blocked_total{reason=\"loopback\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ async fn create_returns_the_secret_once_and_reads_mask_it() {
     let server = server().await;
     let created = server
         .create_webhook(
-            "https://hooks.example.com/in?x=1",
+            "https://localhost/hooks/in?x=1",
             &["invoice.created", "invoice.paid"],
         )
         .await;
@@ -87,7 +87,7 @@ async fn create_returns_the_secret_once_and_reads_mask_it() {
     let fetched = fetched.json();
     assert_eq!(fetched["secret"], "whsec_••••••••••••••••••••••••");
     assert_eq!(fetched["secretHint"], created["secretHint"]);
-    assert_eq!(fetched["url"], "https://hooks.example.com/in?x=1");
+    assert_eq!(fetched["url"], "https://localhost/hooks/in?x=1");
 
     let list = server
         .api(Method::GET, HOOKS, Some(VIEW_TOKEN), Some(COMPANY), None)
@@ -128,10 +128,10 @@ async fn create_returns_the_secret_once_and_reads_mask_it() {
 async fn auth_errors() {
     let server = server().await;
     let created = server
-        .create_webhook("https://hooks.example.com/", &["*"])
+        .create_webhook("https://localhost/hooks/", &["*"])
         .await;
     let one = format!("{HOOKS}/{}", created["uuid"].as_str().unwrap());
-    let body = json!({"url": "https://a.example.com/", "events": ["*"]});
+    let body = json!({"url": "https://localhost/a/", "events": ["*"]});
 
     let reply = server
         .api(Method::GET, HOOKS, None, Some(COMPANY), None)
@@ -234,11 +234,11 @@ async fn validation_errors() {
         "",
     )
     .await;
-    let long_url = format!("https://example.com/{}", "a".repeat(2048));
+    let long_url = format!("https://localhost/{}", "a".repeat(2048));
     let eleven: Vec<String> = (0..11).map(|i| format!("e{i}")).collect();
     let cases = [
         (
-            json!({"url": "http://example.com/", "events": ["invoice.paid"]}),
+            json!({"url": "http://localhost/", "events": ["invoice.paid"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
@@ -258,27 +258,27 @@ async fn validation_errors() {
             "validation_failed",
         ),
         (
-            json!({"url": "https://example.com/", "events": eleven}),
+            json!({"url": "https://localhost/", "events": eleven}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
         (
-            json!({"url": "https://example.com/", "events": []}),
+            json!({"url": "https://localhost/", "events": []}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
         (
-            json!({"url": "https://example.com/", "events": ["invoice.deleted"]}),
+            json!({"url": "https://localhost/", "events": ["invoice.deleted"]}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
         (
-            json!({"url": "https://example.com/", "events": ["*"], "description": "d".repeat(256)}),
+            json!({"url": "https://localhost/", "events": ["*"], "description": "d".repeat(256)}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
         (
-            json!({"url": "https://example.com/", "events": ["*"], "scheme": "md5"}),
+            json!({"url": "https://localhost/", "events": ["*"], "scheme": "md5"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation_failed",
         ),
@@ -293,7 +293,7 @@ async fn validation_errors() {
             "invalid_request",
         ),
         (
-            json!({"url": "https://example.com/", "events": ["*"], "secret": "whsec_mine"}),
+            json!({"url": "https://localhost/", "events": ["*"], "secret": "whsec_mine"}),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
@@ -413,7 +413,7 @@ async fn patch_delete_and_the_proxy_follow_changes() {
             &one,
             Some(OPS_TOKEN),
             Some(COMPANY),
-            Some(json!({"url": "http://example.com/"})),
+            Some(json!({"url": "http://localhost/"})),
         )
         .await;
     assert_error(
@@ -801,7 +801,7 @@ async fn acknowledged_writes_survive_kill_9() {
             HOOKS,
             Some(OPS_TOKEN),
             Some(COMPANY),
-            Some(json!({"url": format!("https://round{round}.example.com/"), "events": ["*"]})),
+            Some(json!({"url": format!("https://localhost/round{round}/"), "events": ["*"]})),
         )
         .await;
         assert_eq!(created.status, StatusCode::CREATED);
@@ -875,7 +875,7 @@ async fn concurrent_creates_all_land_and_survive_a_restart() {
                     HOOKS,
                     Some(OPS_TOKEN),
                     Some(COMPANY),
-                    Some(json!({"url": format!("https://c{i}.example.com/"), "events": ["*"]})),
+                    Some(json!({"url": format!("https://localhost/c{i}/"), "events": ["*"]})),
                 )
                 .await
             })
@@ -946,7 +946,7 @@ async fn secrets_and_tokens_never_reach_logs_or_error_bodies() {
             HOOKS,
             Some(VIEW_TOKEN),
             Some(COMPANY),
-            Some(json!({"url": "https://x.example.com/", "events": ["*"]})),
+            Some(json!({"url": "https://localhost/x/", "events": ["*"]})),
         )
         .await
         .text(),
@@ -1141,4 +1141,38 @@ async fn schemes_through_the_api_overlap_and_public_keys() {
         .clone();
     assert_eq!(entry["publicKey"], ed["publicKey"]);
     assert_eq!(entry["secret"], "whsk_••••••••••••••••••••••••");
+}
+
+#[tokio::test]
+async fn create_refuses_forbidden_destinations() {
+    let server = server_with(
+        ConfigSpec::new(None).set("egress", "allow_private = false"),
+        "",
+    )
+    .await;
+    for url in [
+        "https://169.254.169.254/latest/meta-data",
+        "https://127.1/",
+        "https://[::ffff:10.0.0.1]/",
+        "https://localhost/",
+    ] {
+        let reply = server
+            .api(
+                Method::POST,
+                HOOKS,
+                Some(OPS_TOKEN),
+                Some(COMPANY),
+                Some(json!({"url": url, "events": ["*"]})),
+            )
+            .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        );
+    }
+    let list = server
+        .api(Method::GET, HOOKS, Some(OPS_TOKEN), Some(COMPANY), None)
+        .await;
+    assert_eq!(list.json()["data"].as_array().unwrap().len(), 0);
 }

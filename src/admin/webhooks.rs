@@ -201,7 +201,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateWebhook>,
 ) -> Result<impl IntoResponse, AdminError> {
     caller.require(Permission::Manage)?;
-    let url = validate_url(&state, &body.url)?;
+    let url = validate_url(&state, &body.url).await?;
     let events = validate_events(&state, body.events)?;
     let description = validate_description(body.description)?;
     let scheme: Scheme = match body.scheme.as_deref() {
@@ -315,11 +315,10 @@ pub async fn update(
 ) -> Result<Json<WebhookView>, AdminError> {
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
-    let url = body
-        .url
-        .as_deref()
-        .map(|url| validate_url(&state, url))
-        .transpose()?;
+    let url = match body.url.as_deref() {
+        Some(url) => Some(validate_url(&state, url).await?),
+        None => None,
+    };
     let events = body
         .events
         .map(|events| validate_events(&state, events))
@@ -585,12 +584,19 @@ fn find_record(
         .ok_or(AdminError::NotFound)
 }
 
-fn validate_url(state: &AppState, text: &str) -> Result<Url, AdminError> {
+/// Parses the URL, then asks the egress guard (scheme, port, every resolved address): 422 with
+/// the guard's reason, which names the host as given and never a resolved address.
+async fn validate_url(state: &AppState, text: &str) -> Result<Url, AdminError> {
     let url = store::parse_endpoint_url(text)
         .map_err(|why| AdminError::Validation(format!("url: {why}")))?;
     if url.scheme() == "http" && !state.config.egress.allow_http {
         return Err(AdminError::Validation("url: must use https".into()));
     }
+    state
+        .egress
+        .check_url(&url)
+        .await
+        .map_err(|denied| AdminError::Validation(format!("url: {denied}")))?;
     Ok(url)
 }
 

@@ -1,12 +1,13 @@
 //! The upstream client: pooled HTTP/1.1 keep-alive and HTTP/2 (by ALPN) over rustls, trusting
-//! the platform's roots plus `[egress] ca_file`.
+//! the platform's roots plus `[egress] ca_file`. TCP connections come from the egress guard's
+//! [`GuardedConnector`], which resolves, classifies and dials the checked address; rustls on top
+//! verifies the certificate against the URL's hostname.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
@@ -15,6 +16,7 @@ use rustls::{ClientConfig, RootCertStore};
 
 use super::body::ChunkBody;
 use crate::config::EgressConfig;
+use crate::egress::{EgressPolicy, GuardedConnector};
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -22,7 +24,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The pooled client every delivery goes through.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ChunkBody>;
+pub type UpstreamClient = Client<HttpsConnector<GuardedConnector>, ChunkBody>;
 
 /// Why the TLS client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -47,19 +49,19 @@ pub enum ClientError {
     NoRoots,
 }
 
-/// Builds the pooled upstream client.
-pub fn build(egress: &EgressConfig) -> Result<UpstreamClient, ClientError> {
+/// Builds the pooled upstream client; every connection it opens passes `policy`.
+pub fn build(
+    egress: &EgressConfig,
+    policy: Arc<EgressPolicy>,
+) -> Result<UpstreamClient, ClientError> {
     let tls = tls_config(egress)?;
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let guarded = GuardedConnector::new(policy, CONNECT_TIMEOUT);
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(guarded);
     Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())

@@ -32,6 +32,7 @@ use uuid::Uuid;
 pub use body::ChunkBody;
 pub use headers::strip_hop_by_hop;
 
+use crate::egress::{self, DenyReason};
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::store::{now_text, DeliveryOutcome, Endpoint, Status, WriteError};
 use crate::AppState;
@@ -305,6 +306,7 @@ pub async fn forward(
 ) -> Result<Response<Incoming>, Outcome> {
     let uuid = endpoint.uuid;
     if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
+        state.metrics.egress_refused(DenyReason::Scheme);
         return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
     }
     strip_hop_by_hop(&mut headers);
@@ -329,6 +331,12 @@ pub async fn forward(
     let response = match sent {
         Err(_) => return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid))),
         Ok(Err(err)) => {
+            if let Some(denied) = egress::denial_in(&err) {
+                let reason = denied.reason();
+                state.metrics.egress_refused(reason);
+                tracing::warn!(endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
+                return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
+            }
             let outcome = classify_upstream_error(&err);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
             return Err(state.refuse(outcome, Some(&uuid)));

@@ -401,13 +401,27 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(config: &ConfigSpec, store: &str) -> Self {
+        Self::start_with_resolver(config, store, None).await
+    }
+
+    /// As [`TestServer::start`], with the egress guard resolving through `resolver` when given
+    /// (the system resolver otherwise).
+    pub async fn start_with_resolver(
+        config: &ConfigSpec,
+        store: &str,
+        resolver: Option<Arc<dyn hooksign::egress::Resolve>>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = config.write(dir.path(), store);
         let config = Config::load(&path).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let proxy = listeners.proxy.local_addr().unwrap();
         let admin = listeners.admin.local_addr().unwrap();
-        let state = AppState::build(config).await.unwrap();
+        let state = match resolver {
+            Some(resolver) => AppState::build_with_resolver(config, resolver).await,
+            None => AppState::build(config).await,
+        }
+        .unwrap();
         let stop = CancellationToken::new();
         tokio::spawn(hooksign::serve(Arc::clone(&state), listeners, stop.clone()));
         Self {
