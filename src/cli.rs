@@ -258,6 +258,8 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let state = AppState::build(config).await?;
+        let shutdown = CancellationToken::new();
+        crate::start_reloading(&state, &shutdown);
         let ready = listeners.ready_line().map_err(|source| RunError::Io {
             what: "reading listener addresses",
             source,
@@ -267,7 +269,6 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
             what: "writing the ready line",
             source,
         })?;
-        let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         tokio::spawn(async move {
             crate::shutdown_signal().await;

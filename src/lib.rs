@@ -227,6 +227,41 @@ async fn flush_records_periodically(state: Arc<AppState>, shutdown: Cancellation
     }
 }
 
+/// Starts live reload of the store: the file watch and `SIGHUP`. Call it before announcing
+/// readiness, so no change made after that is missed.
+pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
+    if let Err(err) = store::watch::spawn(
+        Arc::clone(state),
+        state.config.store.path.clone(),
+        shutdown.clone(),
+    ) {
+        tracing::warn!(error = %err, "live reload is off; send SIGHUP to reload the store");
+    }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
+}
+
+/// Re-reads the store on every `SIGHUP` until `shutdown` fires.
+#[cfg(unix)]
+async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGHUP");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        tracing::info!("SIGHUP received; reloading the store");
+        store::watch::reload_now(&state).await;
+    }
+}
+
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

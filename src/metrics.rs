@@ -179,6 +179,11 @@ impl Metrics {
         }
     }
 
+    /// Whether the last store load was rejected (`hooksign_store_last_reload_success 0`).
+    pub fn last_reload_failed(&self) -> bool {
+        self.last_reload_success.get() == 0
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

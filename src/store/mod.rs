@@ -17,6 +17,7 @@
 
 pub mod file;
 mod stats;
+pub mod watch;
 
 pub use stats::{DeliveryOutcome, DeliveryStats};
 
@@ -157,6 +158,20 @@ impl Store {
         self.backend.persist(records).await?;
         self.replace(next);
         Ok(outcome)
+    }
+
+    /// Re-reads the store if its content changed since hooksign last read or wrote it (so
+    /// hooksign's own writes are not reloaded); the endpoint count when it swapped a new snapshot.
+    pub async fn reload_if_changed(&self) -> Result<Option<usize>, LoadError> {
+        let _writing = self.write_lock.lock().await;
+        match self.backend.load_if_changed(&self.snapshot()).await? {
+            Some(next) => {
+                let count = next.len();
+                self.replace(next);
+                Ok(Some(count))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Re-reads the whole store from the backend and swaps it in; on failure the snapshot in

@@ -411,8 +411,22 @@ impl TestServer {
         store: &str,
         resolver: Option<Arc<dyn hooksign::egress::Resolve>>,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = config.write(dir.path(), store);
+        Self::start_in(tempfile::tempdir().unwrap(), config, store, resolver).await
+    }
+
+    /// Starts in `dir`, which the test may have prepared (the store is written only when
+    /// `store` is not empty, so a prepared store file or symlink stays).
+    pub async fn start_in(
+        dir: TempDir,
+        config: &ConfigSpec,
+        store: &str,
+        resolver: Option<Arc<dyn hooksign::egress::Resolve>>,
+    ) -> Self {
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, config.text()).unwrap();
+        if !store.is_empty() {
+            std::fs::write(dir.path().join("webhooks.toml"), store).unwrap();
+        }
         let config = Config::load(&path).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let proxy = listeners.proxy.local_addr().unwrap();
@@ -423,6 +437,7 @@ impl TestServer {
         }
         .unwrap();
         let stop = CancellationToken::new();
+        hooksign::start_reloading(&state, &stop);
         tokio::spawn(hooksign::serve(Arc::clone(&state), listeners, stop.clone()));
         Self {
             proxy,

@@ -1,0 +1,169 @@
+//! Live reload of the file store: a `notify` watch on the store file's parent directory (a watch
+//! on the file itself dies at the first rename by an editor, an atomic writer or Kubernetes),
+//! filtered on the file's name and on Kubernetes' `..data` symlink, debounced, then one re-read.
+//!
+//! A reload that finds the content hooksign itself last wrote or read is skipped, so admin writes
+//! cause no reload storm. A file that does not load is rejected whole: the snapshot in service
+//! stays, the error is logged with its position, and the metrics say so. `SIGHUP` forces a
+//! re-read.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::ReloadOutcome;
+use crate::AppState;
+
+/// Quiet time after the last change before the file is re-read.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A stream of changes still reloads at least this often.
+const MAX_DELAY: Duration = Duration::from_millis(500);
+
+/// Why the watch could not start (hooksign keeps serving; reloads then need `SIGHUP`).
+#[derive(Debug, thiserror::Error)]
+#[error("watching {dir} for store changes: {source}")]
+pub struct WatchError {
+    dir: String,
+    #[source]
+    source: notify::Error,
+}
+
+/// Watches `path`'s directory until `shutdown` fires, reloading the store on every change.
+pub fn spawn(
+    state: Arc<AppState>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) -> Result<(), WatchError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+    let (changes, mut changed) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => event.paths.iter().any(|p| concerns_store(p, &name)),
+            // An overflowed or failed watch: re-read to be safe.
+            Err(_) => true,
+        };
+        if relevant {
+            // A full channel already holds a pending reload: changes coalesce.
+            let _ = changes.try_send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    tracing::info!(dir = %dir.display(), "watching the store file for changes");
+
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = changed.recv() => if received.is_none() { return },
+            }
+            debounce(&mut changed).await;
+            reload_if_changed(&state).await;
+        }
+    });
+    Ok(())
+}
+
+/// Re-reads the store whatever its content (`SIGHUP`).
+pub async fn reload_now(state: &AppState) {
+    match state.store.reload().await {
+        Ok(count) => {
+            state
+                .metrics
+                .store_reload(ReloadOutcome::Applied, Some(count));
+            tracing::info!(endpoints = count, "store reloaded");
+        }
+        Err(err) => reject(state, &err),
+    }
+}
+
+async fn reload_if_changed(state: &AppState) {
+    match state.store.reload_if_changed().await {
+        Ok(Some(count)) => {
+            state
+                .metrics
+                .store_reload(ReloadOutcome::Applied, Some(count));
+            tracing::info!(endpoints = count, "store file changed; reloaded");
+        }
+        // Back to the content in service after a rejected edit: the store is healthy again.
+        Ok(None) if state.metrics.last_reload_failed() => {
+            let count = state.store.snapshot().len();
+            state
+                .metrics
+                .store_reload(ReloadOutcome::Applied, Some(count));
+            tracing::info!(
+                endpoints = count,
+                "store file restored to the content in service"
+            );
+        }
+        Ok(None) => tracing::debug!("store file event with unchanged content; nothing to reload"),
+        Err(err) => reject(state, &err),
+    }
+}
+
+fn reject(state: &AppState, err: &crate::store::LoadError) {
+    state.metrics.store_reload(ReloadOutcome::Rejected, None);
+    tracing::error!(error = %err, "store rejected; the previous snapshot stays in service");
+}
+
+/// Waits until no change arrived for [`DEBOUNCE`], or [`MAX_DELAY`] passed.
+async fn debounce(changed: &mut mpsc::Receiver<()>) {
+    let deadline = tokio::time::Instant::now() + MAX_DELAY;
+    loop {
+        let quiet = tokio::time::sleep(DEBOUNCE);
+        tokio::select! {
+            () = quiet => return,
+            () = tokio::time::sleep_until(deadline) => return,
+            received = changed.recv() => if received.is_none() { return },
+        }
+    }
+}
+
+/// Whether an event on `path` may have changed the store: the file itself, or Kubernetes'
+/// `..data` symlink (and its `..`-named timestamped directories) that the file points through.
+fn concerns_store(path: &Path, name: &OsStr) -> bool {
+    match path.file_name() {
+        Some(file) if file == name => true,
+        Some(file) => file.to_string_lossy().starts_with(".."),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_store_and_kubernetes_links_count() {
+        let name = OsStr::new("webhooks.toml");
+        assert!(concerns_store(Path::new("/s/webhooks.toml"), name));
+        assert!(concerns_store(Path::new("/s/..data"), name));
+        assert!(concerns_store(
+            Path::new("/s/..2026_11_24_10_00_00.123"),
+            name
+        ));
+        assert!(!concerns_store(
+            Path::new("/s/.webhooks.toml.hooksign-tmp-abc"),
+            name
+        ));
+        assert!(!concerns_store(Path::new("/s/other.toml"), name));
+    }
+}
