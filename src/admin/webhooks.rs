@@ -42,11 +42,14 @@ const TEST_RESPONSE_LIMIT: usize = 64 * 1024;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWebhook {
     /// HTTPS destination URL, at most 2048 characters.
+    #[schema(max_length = 2048)]
     pub url: String,
     /// 1 to 10 event types, or `["*"]` for every type, current and future.
+    #[schema(min_items = 1, max_items = 10)]
     pub events: Vec<String>,
     /// At most 255 characters.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub description: Option<String>,
     /// Default true.
     #[serde(default)]
