@@ -105,3 +105,69 @@ fn public_key(scheme: Scheme, secret: &str) -> String {
     .unwrap();
     signer.public_key().unwrap()
 }
+
+/// GitHub's and storno's receivers as Node users write them: `crypto.createHmac` over the raw
+/// body and `crypto.timingSafeEqual`.
+#[tokio::test]
+async fn node_crypto_verifies_github_and_storno() {
+    if Command::new("node").arg("--version").output().is_err() {
+        println!("node interop skipped: node is not on PATH");
+        return;
+    }
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let github = EndpointSpec::with_scheme(upstream.url("/gh"), Scheme::Github);
+    let storno = EndpointSpec::with_scheme(upstream.url("/st"), Scheme::Storno);
+    let server = TestServer::start(
+        &ConfigSpec::new(Some(&pki)),
+        &store_toml(&[&github, &storno]),
+    )
+    .await;
+    const VERIFY: &str = r#"
+        const crypto = require('crypto');
+        const body = Buffer.from(process.env.BODY, 'base64');
+        const digest = crypto.createHmac('sha256', process.env.SECRET).update(body).digest('hex');
+        const expected = Buffer.from(process.env.PREFIX + digest);
+        const given = Buffer.from(process.env.SIGNATURE);
+        process.exit(expected.length === given.length && crypto.timingSafeEqual(expected, given) ? 0 : 1);
+    "#;
+    for (endpoint, header, prefix) in [
+        (&github, "x-hub-signature-256", "sha256="),
+        (&storno, "x-storno-signature", ""),
+    ] {
+        let reply = server
+            .deliver(&[("x-webhook-id", &endpoint.uuid)], BODY)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let seen = upstream.requests().pop().unwrap();
+        let signature = seen.headers[header].to_str().unwrap().to_owned();
+        let verify = |secret: &str, body: &[u8]| {
+            use base64::Engine as _;
+            Command::new("node")
+                .arg("-e")
+                .arg(VERIFY)
+                .env(
+                    "BODY",
+                    base64::engine::general_purpose::STANDARD.encode(body),
+                )
+                .env("SECRET", secret)
+                .env("PREFIX", prefix)
+                .env("SIGNATURE", &signature)
+                .status()
+                .unwrap()
+                .success()
+        };
+        assert!(
+            verify(&endpoint.secret, &seen.body),
+            "{header}: node refused hooksign's signature"
+        );
+        assert!(
+            !verify(&endpoint.secret, b"tampered"),
+            "{header}: node accepted a changed body"
+        );
+        assert!(
+            !verify("whsec_wrong", &seen.body),
+            "{header}: node accepted a wrong secret"
+        );
+    }
+}
