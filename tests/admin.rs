@@ -132,92 +132,129 @@ async fn auth_errors() {
         .await;
     let one = format!("{HOOKS}/{}", created["uuid"].as_str().unwrap());
     let body = json!({"url": "https://localhost/a/", "events": ["*"]});
-
-    let reply = server
-        .api(Method::GET, HOOKS, None, Some(COMPANY), None)
-        .await;
-    assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
-    let reply = server
-        .api(Method::GET, HOOKS, Some("hks_wrong"), Some(COMPANY), None)
-        .await;
-    assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
-    let reply = call(
-        server.admin,
-        Method::GET,
-        HOOKS,
-        &[
-            ("authorization", &format!("Basic {OPS_TOKEN}")),
-            ("x-company", COMPANY),
-        ],
-        Default::default(),
-    )
-    .await;
-    assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
-
-    let reply = server
-        .api(
-            Method::POST,
+    let not_a_uuid = format!("{HOOKS}/not-a-uuid");
+    let (get, post, delete) = (Method::GET, Method::POST, Method::DELETE);
+    let (unauthorized, forbidden) = (StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN);
+    let (bad, missing) = (StatusCode::BAD_REQUEST, StatusCode::NOT_FOUND);
+    type Case<'a> = (
+        &'a Method,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a serde_json::Value>,
+        StatusCode,
+        &'a str,
+    );
+    let cases: Vec<Case<'_>> = vec![
+        (
+            &get,
+            HOOKS,
+            None,
+            Some(COMPANY),
+            None,
+            unauthorized,
+            "unauthorized",
+        ),
+        (
+            &get,
+            HOOKS,
+            Some("hks_wrong"),
+            Some(COMPANY),
+            None,
+            unauthorized,
+            "unauthorized",
+        ),
+        (
+            &post,
             HOOKS,
             Some(VIEW_TOKEN),
             Some(COMPANY),
-            Some(body.clone()),
-        )
-        .await;
-    assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
-    let reply = server
-        .api(Method::DELETE, &one, Some(VIEW_TOKEN), Some(COMPANY), None)
-        .await;
-    assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
-    let reply = server
-        .api(
-            Method::GET,
+            Some(&body),
+            forbidden,
+            "forbidden",
+        ),
+        (
+            &delete,
+            &one,
+            Some(VIEW_TOKEN),
+            Some(COMPANY),
+            None,
+            forbidden,
+            "forbidden",
+        ),
+        (
+            &get,
             HOOKS,
             Some(SCOPED_TOKEN),
             Some(OTHER_COMPANY),
             None,
-        )
-        .await;
-    assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
-    let reply = server
-        .api(Method::GET, HOOKS, Some(OPS_TOKEN), None, None)
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
-    let reply = server
-        .api(Method::GET, HOOKS, Some(OPS_TOKEN), Some("acme"), None)
-        .await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
-
-    // Another company's endpoint is a 404, never a 403 that confirms it exists.
-    let reply = server
-        .api(
-            Method::GET,
+            forbidden,
+            "forbidden",
+        ),
+        (
+            &get,
+            HOOKS,
+            Some(OPS_TOKEN),
+            None,
+            None,
+            bad,
+            "invalid_request",
+        ),
+        (
+            &get,
+            HOOKS,
+            Some(OPS_TOKEN),
+            Some("acme"),
+            None,
+            bad,
+            "invalid_request",
+        ),
+        // Another company's endpoint is a 404, never a 403 that confirms it exists.
+        (
+            &get,
             &one,
             Some(OPS_TOKEN),
             Some(OTHER_COMPANY),
             None,
-        )
-        .await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
-    let reply = server
-        .api(
-            Method::DELETE,
+            missing,
+            "not_found",
+        ),
+        (
+            &delete,
             &one,
             Some(OPS_TOKEN),
             Some(OTHER_COMPANY),
             None,
-        )
-        .await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
-    let reply = server
-        .api(
-            Method::GET,
-            &format!("{HOOKS}/not-a-uuid"),
+            missing,
+            "not_found",
+        ),
+        (
+            &get,
+            &not_a_uuid,
             Some(OPS_TOKEN),
             Some(COMPANY),
             None,
-        )
-        .await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+            missing,
+            "not_found",
+        ),
+    ];
+    for (method, path, token, company, body, status, code) in cases {
+        let reply = server
+            .api(method.clone(), path, token, company, body.cloned())
+            .await;
+        assert_error(&reply, status, code);
+    }
+    // A token of another scheme than Bearer is no token.
+    let basic = format!("Basic {OPS_TOKEN}");
+    let reply = call(
+        server.admin,
+        Method::GET,
+        HOOKS,
+        &[("authorization", &basic), ("x-company", COMPANY)],
+        Default::default(),
+    )
+    .await;
+    assert_error(&reply, unauthorized, "unauthorized");
     let reply = server
         .api(Method::GET, &one, Some(SCOPED_TOKEN), Some(COMPANY), None)
         .await;

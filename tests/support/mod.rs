@@ -461,20 +461,7 @@ impl TestServer {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Reply {
-        let mut request = Request::new(Full::new(body.into()));
-        *request.method_mut() = method;
-        *request.uri_mut() = format!("http://{}{path}", self.proxy).parse().unwrap();
-        for (name, value) in headers {
-            request.headers_mut().append(
-                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.parse().unwrap(),
-            );
-        }
-        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
-            .await
-            .expect("the proxy answered within 20 s")
-            .unwrap();
-        Reply::read(response).await
+        call(self.proxy, method, path, headers, body.into()).await
     }
 
     /// GET a path on the admin port.
