@@ -1,4 +1,5 @@
-//! The command line: `serve`, `check`, `token`, `sign`, `verify`, `healthcheck` (SPEC section 4).
+//! The command line: `serve`, `check`, `token`, `sign`, `verify`, `healthcheck` (SPEC section 4),
+//! and `store import` / `store export`, which move endpoints between a TOML store file and etcd.
 //!
 //! [`run`] executes a parsed [`Cli`] and returns the process exit code; `main` only maps errors.
 
@@ -15,11 +16,13 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, StoreBackend};
 use crate::proxy::client;
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
-use crate::store::file::FileBackend;
+use crate::store::etcd::{self, EtcdBackend};
+use crate::store::file::{self as file_store, FileBackend};
+use crate::store::{Backend, EndpointRecord, Snapshot};
 use crate::{AppState, Listeners, RunError};
 
 /// How long `healthcheck` waits for `/healthz`.
@@ -75,6 +78,29 @@ pub enum Command {
     },
     /// Exit 0 if the admin port's /healthz answers 200 (for a container HEALTHCHECK).
     Healthcheck(ConfigArg),
+    /// Move endpoints between a TOML store file and the etcd store of the config.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `hooksign store ...`: the config's `[store.etcd]` says where etcd is.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every endpoint of FILE (a TOML store file) to etcd, creating or overwriting each
+    /// key; endpoints already in etcd and not in FILE stay.
+    Import {
+        /// The TOML store file to read.
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Write every endpoint in etcd as a TOML store file to FILE (mode 0600), or to stdout.
+    Export {
+        /// Where to write; stdout when absent.
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// What a signature covers besides the body.
@@ -147,7 +173,85 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
             }
         }
         Command::Healthcheck(arg) => Ok(healthcheck(&arg.path())),
+        Command::Store(StoreCommand::Import { file, config }) => {
+            store_command(&config.path(), StoreAction::Import(file))
+        }
+        Command::Store(StoreCommand::Export { file, config }) => {
+            store_command(&config.path(), StoreAction::Export(file))
+        }
     }
+}
+
+enum StoreAction {
+    Import(PathBuf),
+    Export(Option<PathBuf>),
+}
+
+/// `store import` / `store export`: exit 0, or print why and exit 1.
+fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError> {
+    let config = Config::load(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Io {
+            what: "starting the runtime",
+            source,
+        })?;
+    let outcome: Result<(), String> = runtime.block_on(async {
+        let backend = EtcdBackend::connect(&config.store.etcd, None)
+            .await
+            .map_err(|err| err.to_string())?;
+        match action {
+            StoreAction::Import(file) => {
+                let records = read_store_file(&file)?;
+                let written = backend
+                    .import(&records)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                eprintln!("imported {written} endpoint(s) from {}", file.display());
+                Ok(())
+            }
+            StoreAction::Export(file) => {
+                let records = backend.records().await.map_err(|err| err.to_string())?;
+                let count = records.len();
+                match file {
+                    Some(file) => {
+                        FileBackend::new(file.clone())
+                            .persist(records)
+                            .await
+                            .map_err(|err| err.to_string())?;
+                        eprintln!("exported {count} endpoint(s) to {}", file.display());
+                    }
+                    None => {
+                        let text = file_store::render(&records).map_err(|err| err.to_string())?;
+                        write_stdout(&text).map_err(|err| err.to_string())?;
+                        eprintln!("exported {count} endpoint(s)");
+                    }
+                }
+                Ok(())
+            }
+        }
+    });
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(why) => {
+            eprintln!("hooksign: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The records of a TOML store file, validated, delivery records stripped.
+fn read_store_file(file: &Path) -> Result<Vec<EndpointRecord>, String> {
+    let snapshot: Snapshot = match FileBackend::new(file).load_file() {
+        Ok(Some(snapshot)) => snapshot,
+        Ok(None) => return Err(format!("{} does not exist", file.display())),
+        Err(err) => return Err(err.problems().join("\n")),
+    };
+    Ok(snapshot
+        .endpoints()
+        .map(|endpoint| etcd::stripped(&endpoint.record))
+        .collect())
 }
 
 /// The text `sign` prints: the bare hex for storno, else `name: value` header lines.
@@ -284,6 +388,13 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
 fn check(path: &Path) -> ExitCode {
     let problems = match Config::load(path) {
         Err(err) => err.problems(),
+        Ok(config) if config.store.backend == StoreBackend::Etcd => {
+            let mut problems = check_etcd(&config);
+            if let Err(err) = client::tls_config(&config.egress) {
+                problems.push(err.to_string());
+            }
+            problems
+        }
         Ok(config) => {
             let mut problems = Vec::new();
             match FileBackend::new(config.store.path.clone()).load_file() {
@@ -312,6 +423,36 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("{} problem(s) found", problems.len());
         ExitCode::FAILURE
     }
+}
+
+/// Connects to the configured etcd and loads the prefix: the problems found.
+fn check_etcd(config: &Config) -> Vec<String> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return vec![err.to_string()],
+    };
+    let etcd = &config.store.etcd;
+    runtime.block_on(async {
+        let loaded = match EtcdBackend::connect(etcd, None).await {
+            Ok(backend) => backend.load(None).await,
+            Err(err) => Err(err),
+        };
+        match loaded {
+            Ok(snapshot) => {
+                println!(
+                    "store etcd {} prefix {}: {} endpoints",
+                    etcd.endpoints.join(","),
+                    etcd.prefix,
+                    snapshot.len()
+                );
+                Vec::new()
+            }
+            Err(err) => err.problems(),
+        }
+    })
 }
 
 fn token(name: &str) -> Result<ExitCode, RunError> {

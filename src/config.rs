@@ -13,6 +13,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use crate::secret::Secret;
+
 /// Where `serve` and `check` look for the config when no `--config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
 
@@ -91,13 +93,22 @@ pub struct StoreConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreBackend {
     File,
+    /// etcd for a fleet (SPEC section 9): `[store.etcd]`.
+    Etcd,
 }
 
 /// `[store.etcd]`.
 #[derive(Clone, Debug)]
 pub struct EtcdConfig {
+    /// `http://` or `https://` URLs of etcd members.
     pub endpoints: Vec<String>,
+    /// Every key hooksign reads or writes starts with this (`<prefix>webhooks/<uuid>`).
     pub prefix: String,
+    /// PEM roots that sign the etcd members' certificates (endpoints must be `https://`).
+    pub ca_file: Option<PathBuf>,
+    /// etcd authentication (both or neither).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// `[signing]`.
@@ -317,6 +328,9 @@ impl Default for RawStore {
 struct RawEtcd {
     endpoints: Vec<String>,
     prefix: String,
+    ca_file: Option<PathBuf>,
+    username: Option<String>,
+    password: Option<Secret>,
 }
 
 impl Default for RawEtcd {
@@ -324,6 +338,9 @@ impl Default for RawEtcd {
         Self {
             endpoints: vec!["http://127.0.0.1:2379".into()],
             prefix: "/hooksign/".into(),
+            ca_file: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -440,13 +457,7 @@ impl RawConfig {
 
         let backend = match self.store.backend.as_str() {
             "file" => StoreBackend::File,
-            "etcd" => {
-                problem(
-                    "store.backend",
-                    "\"etcd\" is not available in this build yet; use \"file\"".into(),
-                );
-                StoreBackend::File
-            }
+            "etcd" => StoreBackend::Etcd,
             other => {
                 problem(
                     "store.backend",
@@ -455,13 +466,11 @@ impl RawConfig {
                 StoreBackend::File
             }
         };
+        let etcd = validate_etcd(self.store.etcd, base, &mut problem);
         let store = StoreConfig {
             backend,
             path: base.join(&self.store.path),
-            etcd: EtcdConfig {
-                endpoints: self.store.etcd.endpoints,
-                prefix: self.store.etcd.prefix,
-            },
+            etcd,
         };
 
         let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {
@@ -611,6 +620,63 @@ impl RawToken {
     }
 }
 
+fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, String)) -> EtcdConfig {
+    if raw.endpoints.is_empty() {
+        problem("store.etcd.endpoints", "must list at least one URL".into());
+    }
+    let ca_file = raw.ca_file.map(|file| base.join(file));
+    for (i, endpoint) in raw.endpoints.iter().enumerate() {
+        let scheme_ok = match url::Url::parse(endpoint) {
+            Ok(url) if url.host().is_some() => match url.scheme() {
+                "https" => true,
+                "http" if ca_file.is_none() => true,
+                "http" => {
+                    problem(
+                        &format!("store.etcd.endpoints[{i}]"),
+                        format!("{endpoint:?} must be https:// when ca_file is set"),
+                    );
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !scheme_ok {
+            problem(
+                &format!("store.etcd.endpoints[{i}]"),
+                format!("{endpoint:?} is not a URL such as \"http://127.0.0.1:2379\""),
+            );
+        }
+    }
+    if raw.prefix.is_empty() {
+        problem(
+            "store.etcd.prefix",
+            "must not be empty (hooksign's keys need a prefix of their own)".into(),
+        );
+    }
+    if let Some(file) = &ca_file {
+        if !file.is_file() {
+            problem(
+                "store.etcd.ca_file",
+                format!("{} is not a readable file", file.display()),
+            );
+        }
+    }
+    if raw.username.is_some() != raw.password.is_some() {
+        problem(
+            "store.etcd.username",
+            "username and password go together (set both or neither)".into(),
+        );
+    }
+    EtcdConfig {
+        endpoints: raw.endpoints,
+        prefix: raw.prefix,
+        ca_file,
+        username: raw.username,
+        password: raw.password,
+    }
+}
+
 fn socket_addr(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> SocketAddr {
     text.parse().unwrap_or_else(|_| {
         problem(
@@ -741,6 +807,27 @@ mod tests {
                 .parse()
                 .unwrap()])
         );
+    }
+
+    #[test]
+    fn etcd_settings_parse_and_are_checked() {
+        let c = parse(
+            "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n\
+             prefix = \"/x/\"\nusername = \"hooksign\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Etcd);
+        assert_eq!(c.store.etcd.prefix, "/x/");
+        assert_eq!(c.store.etcd.username.as_deref(), Some("hooksign"));
+        assert!(!format!("{:?}", c.store.etcd).contains("pw"));
+        let problems = parse(
+            "[store.etcd]\nendpoints = [\"etcd:2379\"]\nprefix = \"\"\nusername = \"u\"\n\
+             ca_file = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap_err()
+        .problems();
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(parse("[store.etcd]\nendpoint = [\"http://127.0.0.1:2379\"]\n").is_err());
     }
 
     #[test]

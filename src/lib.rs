@@ -37,10 +37,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{Config, ConfigError, LogFormat, StoreBackend};
 use crate::egress::{EgressPolicy, Resolve, SystemResolver};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy::client::{self, ClientError, UpstreamClient};
+use crate::store::etcd::EtcdBackend;
 use crate::store::file::FileBackend;
 use crate::store::{Backend, LoadError, Store};
 
@@ -103,24 +104,40 @@ impl AppState {
         resolver: Arc<dyn Resolve>,
     ) -> Result<Arc<Self>, RunError> {
         let metrics = Metrics::new()?;
-        let file = FileBackend::new(config.store.path.clone());
-        file.remove_stale_temp_files();
-        let backend: Box<dyn Backend> = Box::new(file);
-        let snapshot = match backend.load(None).await {
-            Ok(snapshot) => snapshot,
+        let backend: Box<dyn Backend> = match config.store.backend {
+            StoreBackend::File => {
+                let file = FileBackend::new(config.store.path.clone());
+                file.remove_stale_temp_files();
+                Box::new(file)
+            }
+            StoreBackend::Etcd => Box::new(
+                EtcdBackend::connect(&config.store.etcd, Some(metrics.store_backend.clone()))
+                    .await?,
+            ),
+        };
+        let store = match backend.load(None).await {
+            Ok(snapshot) => {
+                metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
+                tracing::info!(endpoints = snapshot.len(), "store loaded");
+                Store::new(snapshot, backend)
+            }
+            // etcd down at start-up: not ready until its watch loads the store.
+            Err(err @ LoadError::Unavailable { .. }) => {
+                tracing::warn!(error = %err, "store unavailable; not ready until it loads");
+                metrics.store_backend.up.set(0);
+                Store::pending(backend)
+            }
             Err(err) => {
                 metrics.store_reload(ReloadOutcome::Rejected, None);
                 return Err(err.into());
             }
         };
-        metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
-        tracing::info!(endpoints = snapshot.len(), "store loaded");
         let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
         let upstream = client::build(&config.egress, Arc::clone(&egress))?;
         let admin_tokens = admin::Tokens::new(&config.admin);
         Ok(Arc::new(Self {
             config,
-            store: Store::new(snapshot, backend),
+            store,
             admin_tokens,
             metrics,
             egress,
@@ -170,6 +187,11 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
+    let watcher = {
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { state.store.watch(shutdown).await })
+    };
     let flusher = tokio::spawn(flush_records_periodically(
         Arc::clone(&state),
         shutdown.clone(),
@@ -203,6 +225,9 @@ pub async fn serve(
         joined(proxy.await, "proxy server")
     };
     let mut flushed_total = flusher.await.unwrap_or(0);
+    if let Err(err) = watcher.await {
+        tracing::warn!(error = %err, "the store watch ended abnormally");
+    }
     if let Err(err) = state.store.flush_delivery_records(&mut flushed_total).await {
         tracing::warn!(error = %err, "could not write delivery records at shutdown");
     }

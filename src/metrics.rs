@@ -24,6 +24,26 @@ pub enum ReloadOutcome {
     Rejected,
 }
 
+/// The store backend's connection metrics, handed to the backend (clones share the values).
+#[derive(Clone)]
+pub struct StoreBackendMetrics {
+    /// `hooksign_store_backend_up`: 1 while the backend is reachable and followed.
+    pub up: IntGauge,
+    /// `hooksign_store_reconnects_total`: the backend's watch re-established after a loss.
+    pub reconnects: IntCounter,
+    /// `hooksign_store_endpoints`, set when a watch swaps a snapshot in.
+    pub endpoints: IntGauge,
+}
+
+impl std::fmt::Debug for StoreBackendMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBackendMetrics")
+            .field("up", &self.up.get())
+            .field("reconnects", &self.reconnects.get())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every metric hooksign exports.
 pub struct Metrics {
     registry: Registry,
@@ -39,6 +59,7 @@ pub struct Metrics {
     /// `egress_blocked`, resolved per reason (indexed by discriminant).
     egress_blocked_by_reason: Vec<IntCounter>,
     pub admin_requests: IntCounterVec,
+    pub store_backend: StoreBackendMetrics,
 }
 
 /// Keeps `hooksign_proxy_requests_in_flight` up while it lives.
@@ -105,6 +126,15 @@ impl Metrics {
             ),
             &["route", "status"],
         )?;
+        let backend_up = IntGauge::new(
+            "hooksign_store_backend_up",
+            "1 while the store backend is reachable (always 1 for the file backend)",
+        )?;
+        backend_up.set(1);
+        let reconnects = IntCounter::new(
+            "hooksign_store_reconnects_total",
+            "Times the store backend's watch was re-established after a loss",
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("hooksign_build_info", "Always 1; the version is a label"),
             &["version"],
@@ -122,6 +152,8 @@ impl Metrics {
         registry.register(Box::new(secret_rotations.clone()))?;
         registry.register(Box::new(egress_blocked.clone()))?;
         registry.register(Box::new(admin_requests.clone()))?;
+        registry.register(Box::new(backend_up.clone()))?;
+        registry.register(Box::new(reconnects.clone()))?;
         registry.register(Box::new(build_info))?;
 
         Ok(Self {
@@ -132,6 +164,11 @@ impl Metrics {
             reloads_applied: reloads.with_label_values(&["success"]),
             reloads_rejected: reloads.with_label_values(&["error"]),
             last_reload_success,
+            store_backend: StoreBackendMetrics {
+                up: backend_up,
+                reconnects,
+                endpoints: store_endpoints.clone(),
+            },
             store_endpoints,
             secret_rotations,
             egress_blocked,

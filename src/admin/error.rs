@@ -36,6 +36,12 @@ pub enum AdminError {
     StoreReadOnly(String),
     #[error("{0}")]
     StoreConflict(String),
+    /// Another replica changed the endpoint first (etcd transaction lost): 409 `conflict`.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store cannot be written now (etcd unreachable): 503 `store_unavailable`.
+    #[error("{0}")]
+    StoreUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -56,7 +62,10 @@ impl AdminError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::StoreReadOnly(_) | Self::StoreConflict(_) => StatusCode::CONFLICT,
+            Self::StoreReadOnly(_) | Self::StoreConflict(_) | Self::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +81,8 @@ impl AdminError {
             Self::RateLimited { .. } => "rate_limited",
             Self::StoreReadOnly(_) => "store_read_only",
             Self::StoreConflict(_) => "store_conflict",
+            Self::Conflict(_) => "conflict",
+            Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -81,6 +92,10 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
+            Self::StoreUnavailable(detail) => {
+                tracing::warn!(error = %detail, "admin write refused: store unavailable");
+                detail.clone()
+            }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");
                 "internal error; see the hooksign log".to_owned()
@@ -114,6 +129,8 @@ impl From<WriteError> for AdminError {
             WriteError::ReadOnly(_) => Self::StoreReadOnly(err.to_string()),
             WriteError::Conflict(_) => Self::StoreConflict(err.to_string()),
             WriteError::Invalid(_) => Self::Validation(err.to_string()),
+            WriteError::Contended(_) => Self::Conflict(err.to_string()),
+            WriteError::Unavailable(_) => Self::StoreUnavailable(err.to_string()),
             WriteError::Io(_) | WriteError::Serialize(_) => Self::Internal(err.to_string()),
         }
     }

@@ -192,8 +192,8 @@ impl Backend for FileBackend {
     }
 }
 
-/// Writes the whole store durably; the SHA-256 of what was written.
-fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], WriteError> {
+/// The text of a store file holding `records` (what [`FileBackend`] writes).
+pub fn render(records: &[EndpointRecord]) -> Result<Zeroizing<String>, WriteError> {
     let body = Zeroizing::new(
         toml::to_string(&StoreFileOut { webhooks: records })
             .map_err(|err| WriteError::Serialize(err.to_string()))?,
@@ -201,6 +201,12 @@ fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], Wr
     let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + body.len()));
     text.push_str(HEADER);
     text.push_str(&body);
+    Ok(text)
+}
+
+/// Writes the whole store durably; the SHA-256 of what was written.
+fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], WriteError> {
+    let text = render(records)?;
 
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

@@ -4,8 +4,9 @@
 //! A delivery takes the snapshot with one atomic load and keeps that `Arc` for its whole life,
 //! so a concurrent reload or rotation never changes an endpoint under a request. A new snapshot
 //! is built in full (URLs parsed, HMACs keyed) before it is swapped in with one `store`.
-//! Where the records come from and go to is a [`Backend`]: the TOML file today
-//! ([`file::FileBackend`]). Writes go through [`Store::update`], one at a time: the change is made
+//! Where the records come from and go to is a [`Backend`]: the TOML file ([`file::FileBackend`])
+//! or etcd for a fleet ([`etcd::EtcdBackend`]), whose [`Backend::watch`] swaps in every change
+//! another replica makes. Writes go through [`Store::update`], one at a time: the change is made
 //! durable by the backend first, then the snapshot that includes it is swapped in, so a write that
 //! was acknowledged is both on disk and in service.
 //!
@@ -15,6 +16,7 @@
 //! Secret rotation is [`rotate`], a pure function from a record to the rotated record, which
 //! the admin API persists through [`Store::update`].
 
+pub mod etcd;
 pub mod file;
 mod stats;
 pub mod watch;
@@ -33,6 +35,7 @@ use arc_swap::ArcSwap;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
@@ -75,6 +78,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Makes `records` the whole store, durably, before returning.
     fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>>;
+
+    /// Whether this backend stores delivery records (counters, last status). The file backend
+    /// does; a shared backend keeps them local to each replica, so
+    /// [`Store::flush_delivery_records`] writes nothing.
+    fn stores_delivery_records(&self) -> bool {
+        true
+    }
+
+    /// Follows changes made elsewhere and swaps each into `store` (through [`Store::apply`] or
+    /// [`Store::reload`]) until `shutdown` fires. The default has nothing to follow and returns.
+    fn watch<'a>(&'a self, store: &'a Store, shutdown: CancellationToken) -> BackendFuture<'a, ()> {
+        let _ = (store, shutdown);
+        Box::pin(async {})
+    }
 }
 
 /// Why a write was not made. Nothing was changed, on disk or in memory.
@@ -90,6 +107,13 @@ pub enum WriteError {
     Serialize(String),
     #[error("the change would make the store invalid: {}", .0.join("; "))]
     Invalid(Vec<String>),
+    /// Someone else (another replica) changed an endpoint this write touches since this replica
+    /// loaded it; nothing was written (the API answers 409 `conflict`).
+    #[error("{0} was changed by another writer since this replica loaded it; nothing was written, retry")]
+    Contended(String),
+    /// The store cannot be reached now; nothing was written (the API answers 503).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Why the store could not be loaded; the previous snapshot stays in service.
@@ -105,6 +129,9 @@ pub enum LoadError {
     Parse { path: String, message: String },
     #[error("store {path}: {}", problems.join("; "))]
     Invalid { path: String, problems: Vec<String> },
+    /// The backend cannot be reached (etcd down); not a problem of the data.
+    #[error("store {path} is unavailable: {message}")]
+    Unavailable { path: String, message: String },
 }
 
 impl LoadError {
@@ -130,6 +157,17 @@ impl Store {
         }
     }
 
+    /// A store whose backend could not be read yet: empty and not ready (`/readyz` 503) until
+    /// the backend's [`Backend::watch`] loads it.
+    pub fn pending(backend: Box<dyn Backend>) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            loaded: AtomicBool::new(false),
+            backend,
+            write_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     /// Changes the store: `change` edits the current records (delivery records included) or
     /// refuses; the result is validated, made durable by the backend, and only then swapped in.
     /// Writes are serialized. An edit someone else made to the backend since hooksign last read
@@ -139,6 +177,11 @@ impl Store {
         change: impl FnOnce(&mut Vec<EndpointRecord>) -> Result<T, E>,
     ) -> Result<T, E> {
         let _writing = self.write_lock.lock().await;
+        if !self.is_loaded() {
+            return Err(
+                WriteError::Unavailable("the store has not been loaded yet".to_owned()).into(),
+            );
+        }
         let current = self.snapshot();
         let current = match self.backend.load_if_changed(&current).await {
             Ok(Some(fresh)) => {
@@ -184,8 +227,28 @@ impl Store {
         Ok(count)
     }
 
-    /// Writes the delivery records out if any delivery happened since the last write.
+    /// Swaps in the snapshot `change` builds from the current one (a backend's watch applying
+    /// a change made elsewhere), serialized with writes; `None` keeps the current snapshot.
+    /// Returns the new snapshot's endpoint count when one was swapped in.
+    pub async fn apply(&self, change: impl FnOnce(&Snapshot) -> Option<Snapshot>) -> Option<usize> {
+        let _writing = self.write_lock.lock().await;
+        let next = change(&self.snapshot())?;
+        let count = next.len();
+        self.replace(next);
+        Some(count)
+    }
+
+    /// Follows the backend's changes until `shutdown` (see [`Backend::watch`]).
+    pub async fn watch(&self, shutdown: CancellationToken) {
+        self.backend.watch(self, shutdown).await;
+    }
+
+    /// Writes the delivery records out if any delivery happened since the last write; nothing
+    /// for a backend that keeps them local ([`Backend::stores_delivery_records`]).
     pub async fn flush_delivery_records(&self, last_total: &mut u64) -> Result<bool, WriteError> {
+        if !self.backend.stores_delivery_records() {
+            return Ok(false);
+        }
         let total = self.snapshot().delivery_total();
         if total == *last_total {
             return Ok(false);

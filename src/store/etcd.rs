@@ -1,0 +1,688 @@
+//! The etcd backend (SPEC section 9): one store shared by a fleet of replicas.
+//!
+//! Layout: one key per endpoint, `<prefix>webhooks/<uuid>`, whose value is the endpoint's
+//! [`EndpointRecord`] as JSON (TOML is read too). Delivery records never leave the replica: they
+//! are stripped before a write and [`Backend::stores_delivery_records`] is `false`.
+//!
+//! Invariants:
+//! - Start-up reads the prefix at one revision `R`; the watch starts at `R + 1`, so no change is
+//!   missed. Each watch response (all events of one revision arrive together) builds a new
+//!   snapshot, carrying delivery records, and swaps it in.
+//! - A write is one transaction holding only the keys that changed (put or delete), each guarded
+//!   by `mod_revision == ` the revision this replica last saw for it (`create_revision == 0` for
+//!   a new key). If another replica changed one first, nothing is written and the write fails
+//!   with [`WriteError::Contended`] (409). A write returns after etcd committed it.
+//! - This replica's view (`State`) is changed only under the store's write lock (by `persist`,
+//!   `load`, or a watch response through [`Store::apply`]), and an event is applied only if its
+//!   revision is newer than what is known for its key (deleted keys are remembered), so echoes of
+//!   this replica's own writes and stale events change nothing.
+//! - When etcd cannot be reached, deliveries go on with the last snapshot; writes fail with
+//!   [`WriteError::Unavailable`] (503); the watch retries with backoff and, once back, reloads the
+//!   whole prefix (also after a compaction) before watching again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions,
+    Txn, TxnOp, WatchOptions,
+};
+use tokio_util::sync::CancellationToken;
+use zeroize::Zeroizing;
+
+use super::{
+    Backend, BackendFuture, Endpoint, EndpointRecord, LoadError, Snapshot, Store, WriteError,
+};
+use crate::config::EtcdConfig;
+use crate::metrics::StoreBackendMetrics;
+
+/// How long one etcd request may take before the store counts as unavailable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The watch's first retry delay after a loss; doubled up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// etcd refuses transactions with more operations than this by default (`--max-txn-ops`).
+pub const MAX_TXN_OPS: usize = 128;
+
+/// The store in etcd, as one replica sees it.
+pub struct EtcdBackend {
+    client: Client,
+    /// `<prefix>webhooks/`: every endpoint key starts with it.
+    keys: String,
+    /// What [`LoadError`]s name: `etcd <endpoints> <prefix>`.
+    label: String,
+    state: Mutex<State>,
+    metrics: Option<StoreBackendMetrics>,
+}
+
+/// This replica's view of the prefix.
+#[derive(Default)]
+struct State {
+    /// The revision of the last full read (0: never read).
+    revision: i64,
+    /// By full key. A `None` record remembers a deletion, so an older event cannot revive it.
+    entries: HashMap<String, Entry>,
+}
+
+struct Entry {
+    /// The revision of the last change this replica saw for the key.
+    mod_revision: i64,
+    /// The record as stored (no delivery records); `None` once deleted.
+    record: Option<EndpointRecord>,
+}
+
+/// One key as read: its revision and its record, or why it was refused.
+struct ReadKey {
+    key: String,
+    mod_revision: i64,
+    record: Result<EndpointRecord, String>,
+}
+
+impl EtcdBackend {
+    /// A client for `config` (no request is made unless credentials must be exchanged).
+    /// `metrics` receives `up`, reconnects and endpoint counts; `None` for one-shot commands.
+    pub async fn connect(
+        config: &EtcdConfig,
+        metrics: Option<StoreBackendMetrics>,
+    ) -> Result<Self, LoadError> {
+        let label = format!("etcd {} {}", config.endpoints.join(","), config.prefix);
+        let unavailable = |message: String| LoadError::Unavailable {
+            path: label.clone(),
+            message,
+        };
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some(file) = &config.ca_file {
+            let pem = std::fs::read(file).map_err(|source| LoadError::Read {
+                path: file.display().to_string(),
+                source,
+            })?;
+            options =
+                options.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
+        }
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.expose());
+        }
+        let client = with_timeout(Client::connect(config.endpoints.clone(), Some(options)))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self {
+            client,
+            keys: format!("{}webhooks/", config.prefix),
+            label,
+            state: Mutex::new(State::default()),
+            metrics,
+        })
+    }
+
+    /// The key that holds the endpoint `uuid`.
+    pub fn key_of(&self, uuid: &str) -> String {
+        format!("{}{uuid}", self.keys)
+    }
+
+    /// The records stored now (strictly: any key that does not hold a valid endpoint is an error).
+    pub async fn records(&self) -> Result<Vec<EndpointRecord>, LoadError> {
+        let (_, read) = self.read_all().await?;
+        let mut problems = Vec::new();
+        let mut records = Vec::new();
+        for key in read {
+            match key.record {
+                Ok(record) => records.push(record),
+                Err(why) => problems.push(format!("{}: {why}", key.key)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(self.invalid(problems));
+        }
+        sort_records(&mut records);
+        Ok(records)
+    }
+
+    /// Writes `records` (created or overwritten, never deleting others), in transactions of at
+    /// most [`MAX_TXN_OPS`] keys; returns how many were written. For `hooksign store import`.
+    pub async fn import(&self, records: &[EndpointRecord]) -> Result<usize, WriteError> {
+        let mut written = 0;
+        for chunk in records.chunks(MAX_TXN_OPS) {
+            let mut ops = Vec::with_capacity(chunk.len());
+            for record in chunk {
+                ops.push(TxnOp::put(
+                    self.key_of(&record.uuid),
+                    encode(record)?.to_vec(),
+                    None,
+                ));
+            }
+            let mut kv = self.client.kv_client();
+            with_timeout(kv.txn(Txn::new().and_then(ops)))
+                .await
+                .map_err(WriteError::Unavailable)?;
+            written += chunk.len();
+        }
+        Ok(written)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn invalid(&self, problems: Vec<String>) -> LoadError {
+        LoadError::Invalid {
+            path: self.label.clone(),
+            problems,
+        }
+    }
+
+    /// Reads every key under the prefix at one revision.
+    async fn read_all(&self) -> Result<(i64, Vec<ReadKey>), LoadError> {
+        let mut kv = self.client.kv_client();
+        let response =
+            with_timeout(kv.get(self.keys.clone(), Some(GetOptions::new().with_prefix())))
+                .await
+                .map_err(|message| LoadError::Unavailable {
+                    path: self.label.clone(),
+                    message,
+                })?;
+        let revision = response.header().map_or(0, |header| header.revision());
+        let read = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let record = match key.strip_prefix(&self.keys) {
+                    Some(uuid) => decode(uuid, kv.value()),
+                    None => Err("not an endpoint key".to_owned()),
+                };
+                ReadKey {
+                    key,
+                    mod_revision: kv.mod_revision(),
+                    record,
+                }
+            })
+            .collect();
+        Ok((revision, read))
+    }
+
+    /// Applies one watch response's events to the view; the snapshot to swap in if anything
+    /// changed.
+    fn apply_events(&self, events: &[etcd_client::Event], current: &Snapshot) -> Option<Snapshot> {
+        let mut state = self.state();
+        let mut changed = false;
+        for event in events {
+            let Some(kv) = event.kv() else { continue };
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(uuid) = key.strip_prefix(&self.keys) else {
+                continue;
+            };
+            let revision = kv.mod_revision();
+            let entry = state.entries.entry(key.clone()).or_insert(Entry {
+                mod_revision: 0,
+                record: None,
+            });
+            if revision <= entry.mod_revision {
+                continue; // this replica's own write, or older than what it knows
+            }
+            entry.mod_revision = revision;
+            match event.event_type() {
+                EventType::Delete => {
+                    entry.record = None;
+                    changed = true;
+                }
+                EventType::Put => match decode(uuid, kv.value()) {
+                    Ok(record) => {
+                        entry.record = Some(record);
+                        changed = true;
+                    }
+                    Err(why) => {
+                        // The last good record stays in service; a write through the admin API
+                        // (which compares against this revision) can repair the key.
+                        tracing::error!(key = %key, problem = %why, "etcd value rejected; keeping the endpoint's last good record");
+                    }
+                },
+            }
+        }
+        if !changed {
+            return None;
+        }
+        let records = state.records();
+        drop(state);
+        match Snapshot::build(records, Some(current), |index, field| {
+            format!("{}[{index}].{field}", self.label)
+        }) {
+            Ok(snapshot) => Some(snapshot),
+            Err(problems) => {
+                tracing::error!(problems = %problems.join("; "), "etcd change rejected; keeping the previous snapshot");
+                None
+            }
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        if let Some(metrics) = &self.metrics {
+            metrics.up.set(i64::from(up));
+        }
+    }
+
+    fn revision(&self) -> i64 {
+        self.state().revision
+    }
+
+    /// Follows the prefix from the view's revision until the stream fails or `shutdown`;
+    /// `Ok(true)` when shut down. Counts a reconnect once established after a loss.
+    async fn follow(
+        &self,
+        store: &Store,
+        shutdown: &CancellationToken,
+        after_loss: bool,
+        backoff: &mut Duration,
+    ) -> Result<bool, String> {
+        let start = self.revision() + 1;
+        let mut watch = self.client.watch_client();
+        let mut stream = with_timeout(watch.watch(
+            self.keys.clone(),
+            Some(WatchOptions::new().with_prefix().with_start_revision(start)),
+        ))
+        .await?;
+        self.set_up(true);
+        if after_loss {
+            if let Some(metrics) = &self.metrics {
+                metrics.reconnects.inc();
+            }
+            tracing::info!(revision = start, "etcd watch re-established");
+        }
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => return Ok(true),
+                message = stream.message() => message,
+            };
+            let response = match message {
+                Ok(Some(response)) => response,
+                Ok(None) => return Err("the watch stream ended".to_owned()),
+                Err(err) => return Err(err.to_string()),
+            };
+            if response.compact_revision() > 0 || response.canceled() {
+                return Err(format!(
+                    "the watch was cancelled (compacted to revision {}: {})",
+                    response.compact_revision(),
+                    response.cancel_reason()
+                ));
+            }
+            *backoff = MIN_BACKOFF;
+            if response.events().is_empty() {
+                continue;
+            }
+            let applied = store
+                .apply(|current| self.apply_events(response.events(), current))
+                .await;
+            if let (Some(count), Some(metrics)) = (applied, &self.metrics) {
+                metrics
+                    .endpoints
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            if let Some(count) = applied {
+                tracing::debug!(endpoints = count, "etcd change applied");
+            }
+        }
+    }
+}
+
+impl State {
+    /// Every live record, oldest first (then by uuid), for a snapshot.
+    fn records(&self) -> Vec<EndpointRecord> {
+        let mut records: Vec<EndpointRecord> = self
+            .entries
+            .values()
+            .filter_map(|entry| entry.record.clone())
+            .collect();
+        sort_records(&mut records);
+        records
+    }
+}
+
+impl Backend for EtcdBackend {
+    /// Reads the whole prefix and makes it this replica's view. At start-up (`previous` is
+    /// `None`) any bad key fails the load; on a resync a bad key keeps its last good record.
+    fn load<'a>(
+        &'a self,
+        previous: Option<&'a Snapshot>,
+    ) -> BackendFuture<'a, Result<Snapshot, LoadError>> {
+        Box::pin(async move {
+            let (revision, read) = self.read_all().await?;
+            let mut problems = Vec::new();
+            let mut entries = HashMap::with_capacity(read.len());
+            for key in read {
+                let record = match key.record {
+                    Ok(record) => record,
+                    Err(why) => {
+                        let kept = key
+                            .key
+                            .strip_prefix(&self.keys)
+                            .and_then(|uuid| uuid.parse().ok())
+                            .and_then(|uuid| previous?.get(&uuid))
+                            .map(|endpoint| stripped(&endpoint.record));
+                        match (previous, kept) {
+                            (Some(_), kept) => {
+                                tracing::error!(key = %key.key, problem = %why, "etcd value rejected; keeping the endpoint's last good record");
+                                match kept {
+                                    Some(record) => record,
+                                    None => continue,
+                                }
+                            }
+                            (None, _) => {
+                                problems.push(format!("{}: {why}", key.key));
+                                continue;
+                            }
+                        }
+                    }
+                };
+                entries.insert(
+                    key.key,
+                    Entry {
+                        mod_revision: key.mod_revision,
+                        record: Some(record),
+                    },
+                );
+            }
+            if !problems.is_empty() {
+                return Err(self.invalid(problems));
+            }
+            let next = State { revision, entries };
+            let snapshot = Snapshot::build(next.records(), previous, |index, field| {
+                format!("[{index}].{field}")
+            })
+            .map_err(|problems| self.invalid(problems))?;
+            *self.state() = next;
+            Ok(snapshot)
+        })
+    }
+
+    /// The watch keeps the snapshot current; a write that raced another replica's is caught by
+    /// its transaction instead.
+    fn load_if_changed<'a>(
+        &'a self,
+        _previous: &'a Snapshot,
+    ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move {
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            let mut puts = Vec::new();
+            let mut deletes = Vec::new();
+            {
+                let state = self.state();
+                let mut wanted = HashMap::with_capacity(records.len());
+                for record in records {
+                    wanted.insert(self.key_of(&record.uuid), stripped(&record));
+                }
+                for (key, record) in &wanted {
+                    let known = state.entries.get(key);
+                    let value = encode(record)?;
+                    match known {
+                        Some(Entry {
+                            record: Some(old),
+                            mod_revision,
+                        }) => {
+                            if *encode(old)? == *value {
+                                continue;
+                            }
+                            compares.push(Compare::mod_revision(
+                                key.clone(),
+                                CompareOp::Equal,
+                                *mod_revision,
+                            ));
+                        }
+                        _ => compares.push(Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            0,
+                        )),
+                    }
+                    ops.push(TxnOp::put(key.clone(), value.to_vec(), None));
+                    puts.push((key.clone(), record.clone()));
+                }
+                for (key, entry) in &state.entries {
+                    if entry.record.is_some() && !wanted.contains_key(key) {
+                        compares.push(Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            entry.mod_revision,
+                        ));
+                        ops.push(TxnOp::delete(key.clone(), None));
+                        deletes.push(key.clone());
+                    }
+                }
+            }
+            if ops.is_empty() {
+                return Ok(());
+            }
+            let touched = puts
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .chain(deletes.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut kv = self.client.kv_client();
+            let response = with_timeout(kv.txn(Txn::new().when(compares).and_then(ops)))
+                .await
+                .map_err(WriteError::Unavailable)?;
+            if !response.succeeded() {
+                return Err(WriteError::Contended(touched));
+            }
+            let revision = response.header().map_or(0, |header| header.revision());
+            let mut state = self.state();
+            for (key, record) in puts {
+                state.entries.insert(
+                    key,
+                    Entry {
+                        mod_revision: revision,
+                        record: Some(record),
+                    },
+                );
+            }
+            for key in deletes {
+                state.entries.insert(
+                    key,
+                    Entry {
+                        mod_revision: revision,
+                        record: None,
+                    },
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn stores_delivery_records(&self) -> bool {
+        false
+    }
+
+    /// Watches the prefix; on any loss marks the backend down, waits (100 ms doubling to 5 s),
+    /// reloads the whole prefix and watches again from the revision it read.
+    fn watch<'a>(&'a self, store: &'a Store, shutdown: CancellationToken) -> BackendFuture<'a, ()> {
+        Box::pin(async move {
+            let mut backoff = MIN_BACKOFF;
+            let mut resync = !store.is_loaded() || self.revision() == 0;
+            let mut after_loss = false;
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let outcome = if resync {
+                    match store.reload().await {
+                        Ok(count) => {
+                            if let Some(metrics) = &self.metrics {
+                                metrics
+                                    .endpoints
+                                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                            }
+                            tracing::info!(endpoints = count, "etcd prefix reloaded");
+                            resync = false;
+                            Ok(false)
+                        }
+                        Err(err) => Err(err.to_string()),
+                    }
+                } else {
+                    Ok(false)
+                };
+                let outcome = match outcome {
+                    Ok(_) => {
+                        self.follow(store, &shutdown, after_loss, &mut backoff)
+                            .await
+                    }
+                    Err(err) => Err(err),
+                };
+                match outcome {
+                    Ok(true) => return,
+                    Ok(false) => {}
+                    Err(err) => {
+                        if !after_loss || self.metrics.as_ref().is_some_and(|m| m.up.get() == 1) {
+                            tracing::warn!(error = %err, retry_in = ?backoff, "etcd unreachable; serving the last snapshot");
+                        }
+                        self.set_up(false);
+                        after_loss = true;
+                        resync = true;
+                    }
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("store", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record as etcd holds it: without this replica's delivery records.
+pub fn stripped(record: &EndpointRecord) -> EndpointRecord {
+    let mut record = record.clone();
+    record.deliveries_count = 0;
+    record.last_delivery_at = None;
+    record.last_delivery_status = None;
+    record.consecutive_failures = 0;
+    record
+}
+
+/// The value stored for a record: JSON, delivery records stripped.
+fn encode(record: &EndpointRecord) -> Result<Zeroizing<Vec<u8>>, WriteError> {
+    serde_json::to_vec(&stripped(record))
+        .map(Zeroizing::new)
+        .map_err(|err| WriteError::Serialize(err.to_string()))
+}
+
+/// Parses a value (JSON, or TOML for a hand-written key) and checks it is a valid endpoint whose
+/// uuid is its key's. Messages never quote the value (it holds a secret).
+fn decode(uuid: &str, value: &[u8]) -> Result<EndpointRecord, String> {
+    let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8".to_owned())?;
+    let record: EndpointRecord = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|err| {
+            format!(
+                "JSON error at line {}, column {} ({:?})",
+                err.line(),
+                err.column(),
+                err.classify()
+            )
+        })?
+    } else {
+        toml::from_str(text).map_err(|err| format!("TOML error: {}", err.message()))?
+    };
+    if record.uuid != uuid {
+        return Err("the record's uuid is not its key's".to_owned());
+    }
+    Endpoint::from_record(record.clone(), None)
+        .map_err(|(field, why)| format!("{field}: {why}"))?;
+    Ok(record)
+}
+
+fn sort_records(records: &mut [EndpointRecord]) {
+    records.sort_by(|a, b| {
+        (a.created_at.as_deref(), a.uuid.as_str()).cmp(&(b.created_at.as_deref(), b.uuid.as_str()))
+    });
+}
+
+/// Runs an etcd request with [`REQUEST_TIMEOUT`]; the error as text.
+async fn with_timeout<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn record() -> EndpointRecord {
+        EndpointRecord {
+            uuid: "a1b2c3d4-e5f6-7890-abcd-ef1234567890".into(),
+            company: "550e8400-e29b-41d4-a716-446655440000".into(),
+            url: "https://example.com/hooks".into(),
+            events: vec!["invoice.created".into()],
+            description: String::new(),
+            status: "active".into(),
+            scheme: "storno".into(),
+            secret: Secret::new(format!("whsec_{}", "ab".repeat(32))),
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            created_at: Some("2026-02-18T10:00:00Z".into()),
+            updated_at: None,
+            deliveries_count: 7,
+            last_delivery_at: Some("2026-02-18T11:00:00Z".into()),
+            last_delivery_status: Some("failed".into()),
+            consecutive_failures: 3,
+        }
+    }
+
+    #[test]
+    fn values_carry_no_delivery_records_and_round_trip() {
+        let value = encode(&record()).unwrap();
+        let text = std::str::from_utf8(&value).unwrap();
+        assert!(!text.contains("deliveries_count"), "{text}");
+        assert!(!text.contains("last_delivery"), "{text}");
+        let back = decode(&record().uuid, &value).unwrap();
+        assert_eq!(back.secret, record().secret);
+        assert_eq!(back.deliveries_count, 0);
+    }
+
+    #[test]
+    fn toml_values_are_read_and_bad_values_never_quote_the_secret() {
+        let toml = toml::to_string(&stripped(&record())).unwrap();
+        assert!(decode(&record().uuid, toml.as_bytes()).is_ok());
+        assert!(
+            decode("b1b2c3d4-e5f6-7890-abcd-ef1234567890", toml.as_bytes())
+                .unwrap_err()
+                .contains("uuid")
+        );
+        let broken = toml.replace("secret = \"", "secret = ");
+        let why = decode(&record().uuid, broken.as_bytes()).unwrap_err();
+        assert!(!why.contains("abab"), "{why}");
+        let mut short = record();
+        short.secret = Secret::new("whsec_abab");
+        let json = serde_json::to_vec(&short).unwrap();
+        let why = decode(&record().uuid, &json).unwrap_err();
+        assert!(why.starts_with("secret"), "{why}");
+        assert!(!why.contains("abab"), "{why}");
+    }
+}
