@@ -13,7 +13,13 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 ];
 
 /// Removes `Connection`, every header it names, and the fixed hop-by-hop set, `Proxy-*` included.
+///
+/// Runs on every request and every response, where hop-by-hop headers are rare: one pass over
+/// the names present (a handful) decides, instead of a hash lookup per hop-by-hop name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -39,6 +45,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+}
+
+/// Whether `name` must go: the fixed set or `Proxy-*` (what `Connection` names is only looked at
+/// when `Connection` itself is present).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || is_proxy_header(name)
 }
 
 fn is_proxy_header(name: &HeaderName) -> bool {
@@ -75,5 +87,21 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["content-type", "x-custom"]);
+    }
+
+    #[test]
+    fn leaves_end_to_end_headers_alone() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        let before = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
+        headers.insert(
+            HeaderName::from_static("proxy-authorization"),
+            HeaderValue::from_static("Basic x"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, before);
     }
 }

@@ -395,22 +395,26 @@ impl BodySigner {
         } = self;
         let states = std::iter::once(current).chain(previous);
         let value = match scheme {
+            // The one-key schemes: the hex is written on the stack and copied once, into the
+            // header value (no String, no Vec).
             Scheme::Storno => {
                 let tag = states.map(mac_tag).next().unwrap_or_default();
-                headers.insert(storno_header, header_value(storno::encode(&tag)));
+                let mut text = [0u8; 64];
+                hex_into(&tag, &mut text);
+                headers.insert(storno_header, header_bytes(&text));
                 return;
             }
             Scheme::Github => {
                 let tag = states.map(mac_tag).next().unwrap_or_default();
-                headers.insert(
-                    github::X_HUB_SIGNATURE_256,
-                    header_value(github::encode(&tag)),
-                );
+                let mut text =
+                    *b"sha256=0000000000000000000000000000000000000000000000000000000000000000";
+                hex_into(&tag, &mut text[7..]);
+                headers.insert(github::X_HUB_SIGNATURE_256, header_bytes(&text));
                 return;
             }
             Scheme::Stripe => {
-                let tags: Vec<Vec<u8>> = states.map(mac_tag).collect();
-                let tags: Vec<&[u8]> = tags.iter().map(Vec::as_slice).collect();
+                let tags: Vec<Tag> = states.map(mac_tag).collect();
+                let tags: Vec<&[u8]> = tags.iter().map(|tag| &tag[..]).collect();
                 headers.insert(
                     stripe::STRIPE_SIGNATURE,
                     header_value(stripe::header(delivery.timestamp, &tags)),
@@ -458,11 +462,25 @@ pub(crate) fn keyed(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
-fn mac_tag(state: State) -> Vec<u8> {
+/// A finished HMAC-SHA256 tag.
+type Tag = [u8; 32];
+
+/// The tag of a MAC state, on the stack. Only the HMAC schemes call it, and their states are
+/// always `Mac`; an Ed25519 state has no tag.
+fn mac_tag(state: State) -> Tag {
     match state {
-        State::Mac(mac) => mac.finalize().into_bytes().to_vec(),
-        State::Ed25519(_) => Vec::new(),
+        State::Mac(mac) => mac.finalize().into_bytes().into(),
+        State::Ed25519(_) => [0; 32],
     }
+}
+
+/// Writes `tag` as lowercase hex into `out` (64 bytes).
+fn hex_into(tag: &Tag, out: &mut [u8]) {
+    hex::encode_to_slice(tag, out).expect("64 bytes hold the hex of a 32-byte tag");
+}
+
+fn header_bytes(text: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(text).expect("hex and separators are valid header bytes")
 }
 
 fn header_value(text: String) -> HeaderValue {

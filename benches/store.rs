@@ -1,0 +1,102 @@
+//! The store's costs: the per-delivery snapshot lookup (one atomic load and a hash lookup) at 10
+//! and 100,000 endpoints, loading a store file (parse, validate, key every HMAC) and the atomic
+//! durable write (temp file, fsync, rename, fsync dir) at 10,000 and 100,000 endpoints.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use hooksign::store::file::{parse_store, FileBackend};
+use hooksign::store::{Snapshot, Store, WriteError};
+use uuid::Uuid;
+
+/// A store file of `count` active storno endpoints with random uuids and secrets.
+fn store_text(count: usize) -> (String, Vec<Uuid>) {
+    let mut text = String::with_capacity(count * 330);
+    let mut uuids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let uuid = Uuid::new_v4();
+        let secret = hooksign::secret::Secret::generate().expect("the OS has randomness");
+        text.push_str(&format!(
+            "[[webhooks]]\nuuid = \"{uuid}\"\ncompany = \"550e8400-e29b-41d4-a716-446655440000\"\n\
+             url = \"https://hooks.example.com/storno\"\nevents = [\"*\"]\nstatus = \"active\"\n\
+             secret = \"{}\"\ncreated_at = \"2026-02-18T10:00:00Z\"\n\
+             updated_at = \"2026-02-18T10:00:00Z\"\n\n",
+            secret.expose()
+        ));
+        uuids.push(uuid);
+    }
+    (text, uuids)
+}
+
+fn snapshot(text: &str) -> Snapshot {
+    parse_store(text, "bench.toml", None).expect("the generated store is valid")
+}
+
+fn lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot lookup");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for count in [10, 100_000] {
+        let (text, uuids) = store_text(count);
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = Store::new(
+            snapshot(&text),
+            Box::new(FileBackend::new(dir.path().join("webhooks.toml"))),
+        );
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::from_parameter(count), &uuids, |b, uuids| {
+            b.iter(|| {
+                next = (next + 7919) % uuids.len();
+                // What a delivery does: one atomic load, one lookup, one Arc clone.
+                let endpoint = store
+                    .snapshot()
+                    .get(black_box(&uuids[next]))
+                    .cloned()
+                    .expect("a known uuid");
+                black_box(endpoint)
+            })
+        });
+    }
+    group.finish();
+}
+
+fn load_and_write(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut group = c.benchmark_group("store");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(3));
+    for count in [10_000, 100_000] {
+        let (text, _) = store_text(count);
+        group.bench_with_input(BenchmarkId::new("load", count), &text, |b, text| {
+            b.iter(|| snapshot(black_box(text)))
+        });
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("webhooks.toml");
+        std::fs::write(&path, &text).expect("writing the store");
+        let backend = FileBackend::new(&path);
+        let loaded = backend
+            .load_file()
+            .expect("the generated store loads")
+            .expect("the file exists");
+        let store = Store::new(loaded, Box::new(backend));
+        group.bench_function(BenchmarkId::new("atomic write", count), |b| {
+            b.iter(|| {
+                runtime
+                    .block_on(store.update(|_| Ok::<(), WriteError>(())))
+                    .expect("the write succeeds")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookup, load_and_write);
+criterion_main!(benches);
