@@ -253,7 +253,19 @@ impl Store {
         if total == *last_total {
             return Ok(false);
         }
-        self.update(|_| Ok::<(), WriteError>(())).await?;
+        // The records change, the endpoints do not: write them without rebuilding the snapshot
+        // (no re-parsing or re-keying of every endpoint every flush).
+        let _writing = self.write_lock.lock().await;
+        let current = match self.backend.load_if_changed(&self.snapshot()).await {
+            Ok(Some(fresh)) => {
+                tracing::info!("store changed outside hooksign; reloaded before writing records");
+                self.replace(fresh);
+                self.snapshot()
+            }
+            Ok(None) => self.snapshot(),
+            Err(err) => return Err(WriteError::Conflict(err)),
+        };
+        self.backend.persist(current.records()).await?;
         *last_total = total;
         Ok(true)
     }
