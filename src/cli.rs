@@ -351,8 +351,15 @@ fn usage_error(why: &str) -> ExitCode {
 fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let config = Config::load(path)?;
     crate::init_logging(config.log.format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.server.worker_threads)
+    // One worker needs no work-stealing scheduler: the current-thread runtime is cheaper per task.
+    let mut builder = if config.server.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(config.server.worker_threads);
+        builder
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|source| RunError::Io {
