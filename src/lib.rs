@@ -139,7 +139,9 @@ impl Listeners {
     }
 }
 
-/// Serves both ports until `shutdown` fires (or one of them fails), then drains.
+/// Serves both ports until `shutdown` fires (or one of them fails), then drains: both stop
+/// accepting at once, in-flight requests get `[server] shutdown_grace`, and whatever is still
+/// open after it is cut (and counted in a warning).
 pub async fn serve(
     state: Arc<AppState>,
     listeners: Listeners,
@@ -173,6 +175,9 @@ pub async fn serve(
     } else {
         joined(proxy.await, "proxy server")
     };
+    // Both ports are closed and every delivery has finished or been cut: this is where buffered
+    // delivery records (SPEC 2.6) are flushed to the store, before `serve` returns and the
+    // process exits 0.
     first.0.and(second)
 }
 

@@ -16,6 +16,24 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The `reason` labels of `hooksign_egress_blocked_total`, created at zero so the family is
+/// scrapeable (and alertable) before the first block. They are the egress guard's reason labels
+/// (SPEC section 6): keep this list equal to its `DenyReason` labels.
+pub const EGRESS_REASONS: &[&str] = &[
+    "scheme",
+    "port",
+    "loopback",
+    "private",
+    "link_local",
+    "cgnat",
+    "unspecified",
+    "broadcast",
+    "multicast",
+    "documentation",
+    "reserved",
+    "unique_local",
+];
+
 /// Why a store reload ended as it did (`result` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReloadOutcome {
@@ -98,6 +116,9 @@ impl Metrics {
             ),
             &["route", "status"],
         )?;
+        for reason in EGRESS_REASONS {
+            egress_blocked.with_label_values(&[*reason]);
+        }
         let build_info = IntGaugeVec::new(
             Opts::new("hooksign_build_info", "Always 1; the version is a label"),
             &["version"],
@@ -164,6 +185,14 @@ impl Metrics {
             self.store_endpoints
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Counts one admin request. `route` is a matched route template (or
+    /// [`crate::admin::UNMATCHED_ROUTE`]), never a raw path.
+    pub fn admin_request(&self, route: &str, status: http::StatusCode) {
+        self.admin_requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
     }
 
     /// The Prometheus text exposition of every metric.

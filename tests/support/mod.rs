@@ -466,6 +466,27 @@ impl Reply {
     }
 }
 
+/// Sends one request to `addr` (a proxy port) on a fresh connection; the error if the
+/// connection failed or was cut before a response.
+pub async fn send_to(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(Full::new(body.into()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = format!("http://{addr}/").parse().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let response = client.request(request).await?;
+    Ok(Reply::read(response).await)
+}
+
 /// Independent HMAC-SHA256 (ring, not the crate under test), lowercase hex.
 pub fn reference_hmac_hex(key: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -483,17 +504,45 @@ pub struct TestBinary {
     pub dir: TempDir,
 }
 
+/// How [`TestBinary::start_with`] runs the binary.
+#[derive(Clone, Debug)]
+pub struct BinaryOptions {
+    /// The `RUST_LOG` filter.
+    pub rust_log: &'static str,
+    /// Write stderr to `stderr.log` in the binary's directory (read it with
+    /// [`TestBinary::stderr`]); discarded when false.
+    pub capture_stderr: bool,
+}
+
+impl Default for BinaryOptions {
+    fn default() -> Self {
+        Self {
+            rust_log: "warn",
+            capture_stderr: false,
+        }
+    }
+}
+
 impl TestBinary {
     pub fn start(config: &ConfigSpec, store: &str) -> Self {
+        Self::start_with(config, store, BinaryOptions::default())
+    }
+
+    pub fn start_with(config: &ConfigSpec, store: &str, options: BinaryOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = config.write(dir.path(), store);
+        let stderr = if options.capture_stderr {
+            Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        } else {
+            Stdio::null()
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_hooksign"))
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", options.rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -508,6 +557,11 @@ impl TestBinary {
             config_path,
             dir,
         }
+    }
+
+    /// What the binary wrote to stderr so far (empty unless started with `capture_stderr`).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// Sends a signal to the process by its PID.
