@@ -505,3 +505,18 @@ async fn sigint_exits_0_without_waiting_on_idle_connections() {
         binary.stderr()
     );
 }
+
+#[test]
+fn a_signal_right_after_the_ready_line_is_handled() {
+    // The ready line promises that signals are handled: a SIGTERM or SIGINT sent the moment it
+    // appears must drain and exit 0, not kill the process with the default action.
+    for (round, signal) in ["TERM", "INT"].iter().cycle().take(10).enumerate() {
+        let mut binary = TestBinary::start(&ConfigSpec::new(None), "");
+        binary.signal(signal);
+        assert_eq!(
+            binary.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "round {round}: SIG{signal} right after ready"
+        );
+    }
+}
