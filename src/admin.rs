@@ -3,7 +3,9 @@
 //!
 //! `router(state)` is its own function so tests can drive it without a socket. Every response
 //! gets an `X-Request-Id`; every error, including axum's own rejections and unknown routes, is the
-//! JSON envelope with that id in `meta.requestId`.
+//! JSON envelope with that id in `meta.requestId`. Every request is counted in
+//! `hooksign_admin_requests_total{route,status}`, where `route` is the matched route *template*
+//! (`/api/v1/webhooks/{uuid}`), never the raw path, and `unmatched` for paths no route knows.
 
 mod auth;
 mod error;
@@ -13,7 +15,7 @@ use std::io;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,7 +63,10 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The admin routes.
+/// The `route` label of requests no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The admin routes. `route_layer` must stay after the last route so it wraps every one.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
@@ -84,20 +89,47 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_requests,
+        ))
         .fallback(not_found)
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
 
-/// Serves the admin port on `listener` until `shutdown` fires.
+/// Serves the admin port on `listener` until `shutdown` fires, then lets open requests finish
+/// for up to `[server] shutdown_grace`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let grace = state.config.server.shutdown_grace;
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    tokio::select! {
+        result = server => result,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace = ?grace, "shutdown grace elapsed; cutting open admin connections");
+            Ok(())
+        }
+    }
+}
+
+/// Counts one routed admin request by its route template and status.
+async fn count_requests(
+    State(state): State<Arc<AppState>>,
+    matched: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    let route = matched
+        .as_ref()
+        .map_or(UNMATCHED_ROUTE, |path| path.as_str());
+    state.metrics.admin_request(route, response.status());
+    response
 }
 
 /// Gives every response an `X-Request-Id` and renders every error as the JSON envelope.
@@ -145,7 +177,10 @@ fn generic_code(status: StatusCode) -> &'static str {
     }
 }
 
-async fn not_found() -> AdminError {
+async fn not_found(State(state): State<Arc<AppState>>) -> AdminError {
+    state
+        .metrics
+        .admin_request(UNMATCHED_ROUTE, StatusCode::NOT_FOUND);
     AdminError::NotFound
 }
 

@@ -369,6 +369,8 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let state = AppState::build(config).await?;
+        // Handlers first, then the ready line: whoever reads it may signal at once.
+        let signalled = crate::shutdown_signal();
         let shutdown = CancellationToken::new();
         crate::start_reloading(&state, &shutdown);
         let ready = listeners.ready_line().map_err(|source| RunError::Io {
@@ -382,7 +384,7 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
         })?;
         let signal = shutdown.clone();
         tokio::spawn(async move {
-            crate::shutdown_signal().await;
+            signalled.await;
             signal.cancel();
         });
         crate::serve(state, listeners, shutdown).await?;

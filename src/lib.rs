@@ -29,6 +29,7 @@ pub mod secret;
 pub mod signing;
 pub mod store;
 
+use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -181,7 +182,9 @@ impl Listeners {
 /// loses at most this much of their history; configuration and secrets are written at once.
 pub const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Serves both ports until `shutdown` fires (or one of them fails), then drains.
+/// Serves both ports until `shutdown` fires (or one of them fails), then drains: both stop
+/// accepting at once, in-flight requests get `[server] shutdown_grace`, and whatever is still
+/// open after it is cut (and counted in a warning).
 pub async fn serve(
     state: Arc<AppState>,
     listeners: Listeners,
@@ -287,31 +290,44 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// Registers SIGTERM and SIGINT handlers now and returns a future that resolves when either
+/// arrives. Call it (inside the runtime) before announcing readiness: a signal sent after the
+/// handlers exist drains and exits 0, one sent before would kill the process with the default
+/// action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let listen = |kind: SignalKind, name: &'static str| {
+            let registered = signal(kind);
+            async move {
+                match registered {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "cannot listen for {name}");
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        let interrupt = listen(SignalKind::interrupt(), "SIGINT");
+        let terminate = listen(SignalKind::terminate(), "SIGTERM");
+        async move {
+            tokio::select! {
+                () = interrupt => tracing::info!("SIGINT received; shutting down"),
+                () = terminate => tracing::info!("SIGTERM received; shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT received; shutting down"),
-        () = terminate => tracing::info!("SIGTERM received; shutting down"),
+        tracing::info!("Ctrl-C received; shutting down");
     }
 }
 

@@ -221,6 +221,14 @@ impl Metrics {
         self.last_reload_success.get() == 0
     }
 
+    /// Counts one admin request. `route` is a matched route template (or
+    /// [`crate::admin::UNMATCHED_ROUTE`]), never a raw path.
+    pub fn admin_request(&self, route: &str, status: http::StatusCode) {
+        self.admin_requests
+            .with_label_values(&[route, status.as_str()])
+            .inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::new();

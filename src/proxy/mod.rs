@@ -155,8 +155,17 @@ impl Outcome {
     }
 }
 
+/// The largest request head (request line and headers) the proxy reads: a larger one is
+/// answered 431 and the connection closed. Envoy's default is 60 KiB, nginx's 4 × 8 KiB.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Serves the proxy port on `listener` until `shutdown` fires, then drains in-flight requests for
-/// up to `[server] shutdown_grace`.
+/// up to `[server] shutdown_grace` and cuts whatever is still open.
+///
+/// Slow clients cannot hold the port: at most `[proxy] max_connections` connections are served
+/// at once (accepting pauses at the cap), a request head must arrive within
+/// `header_read_timeout` (which also closes idle keep-alive connections) and stay under
+/// [`MAX_HEAD_BYTES`], and the body must arrive within `body_read_timeout` (in `deliver`).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -165,10 +174,14 @@ pub async fn serve(
     let config = &state.config.proxy;
     let connections = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
+    // Fired when the grace is over: every connection task still running drops its connection.
+    let cut = CancellationToken::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
+        .max_header_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
 
     loop {
@@ -192,9 +205,13 @@ pub async fn serve(
         let state = Arc::clone(&state);
         let service = service_fn(move |request| handle(Arc::clone(&state), request));
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let cut = cut.clone();
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "proxy connection ended with an error");
+            tokio::select! {
+                result = connection => if let Err(err) = result {
+                    tracing::debug!(error = %err, "proxy connection ended with an error");
+                },
+                () = cut.cancelled() => {}
             }
             drop(permit);
         });
@@ -202,9 +219,15 @@ pub async fn serve(
     drop(listener);
 
     let grace = state.config.server.shutdown_grace;
+    let open = config.max_connections - connections.available_permits();
+    tracing::info!(open, grace = ?grace, "proxy stopped accepting; draining");
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("proxy drained"),
-        () = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "shutdown grace elapsed; cutting remaining proxy connections"),
+        () = tokio::time::sleep(grace) => {
+            let remaining = config.max_connections - connections.available_permits();
+            cut.cancel();
+            tracing::warn!(cut = remaining, grace = ?grace, "shutdown grace elapsed; cut {remaining} proxy connection(s) still open");
+        }
     }
     Ok(())
 }
@@ -215,11 +238,36 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = state.metrics.in_flight();
+    let started = Instant::now();
+    // Parsed again here (cheaply) so the refusal line names the endpoint; `deliver` owns the
+    // request.
+    let endpoint = request
+        .headers()
+        .get(&X_WEBHOOK_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| Uuid::try_parse(text.trim()).ok());
     let response = match deliver(&state, request).await {
         Ok(response) => response,
-        Err(outcome) => refusal(outcome),
+        Err(outcome) => {
+            log_refusal(outcome, endpoint.as_ref(), started.elapsed());
+            refusal(outcome)
+        }
     };
     Ok(response)
+}
+
+/// One warn line per refusal: endpoint uuid (when the header named one), status, duration and
+/// the error code. Never the body, a secret, a token or the destination URL.
+fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
+    let status = outcome.status().as_u16();
+    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let code = outcome.as_label();
+    match endpoint {
+        Some(uuid) => {
+            tracing::warn!(endpoint = %uuid, status, duration_ms, code, "delivery refused")
+        }
+        None => tracing::warn!(status, duration_ms, code, "delivery refused"),
+    }
 }
 
 async fn deliver(
@@ -391,15 +439,10 @@ fn record_delivery(state: &Arc<AppState>, endpoint: &Endpoint, outcome: Delivery
 }
 
 impl AppState {
-    /// Counts and logs a refusal; returns its outcome for the response.
-    fn refuse(&self, outcome: Outcome, endpoint: Option<&Uuid>) -> Outcome {
+    /// Counts a refusal; returns its outcome for the response (`handle` logs it, with its
+    /// duration).
+    fn refuse(&self, outcome: Outcome, _endpoint: Option<&Uuid>) -> Outcome {
         self.metrics.delivery(outcome);
-        match endpoint {
-            Some(uuid) => {
-                tracing::warn!(endpoint = %uuid, code = outcome.as_label(), "delivery refused")
-            }
-            None => tracing::warn!(code = outcome.as_label(), "delivery refused"),
-        }
         outcome
     }
 }

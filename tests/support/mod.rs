@@ -516,6 +516,27 @@ impl Reply {
     }
 }
 
+/// Sends one request to `addr` (a proxy port) on a fresh connection; the error if the
+/// connection failed or was cut before a response.
+pub async fn send_to(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Reply, hyper_util::client::legacy::Error> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::new(Full::new(body.into()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = format!("http://{addr}/").parse().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let response = client.request(request).await?;
+    Ok(Reply::read(response).await)
+}
+
 /// Independent HMAC-SHA256 (ring, not the crate under test), lowercase hex.
 pub fn reference_hmac_hex(key: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
@@ -531,21 +552,44 @@ pub struct TestBinary {
     pub admin: SocketAddr,
     pub config_path: PathBuf,
     pub dir: TempDir,
+    rust_log: &'static str,
+}
+
+/// How [`TestBinary::start_with`] runs the binary.
+#[derive(Clone, Debug)]
+pub struct BinaryOptions {
+    /// The `RUST_LOG` filter. The log (stderr) always goes to [`TestBinary::log_path`].
+    pub rust_log: &'static str,
+}
+
+impl Default for BinaryOptions {
+    fn default() -> Self {
+        Self { rust_log: "debug" }
+    }
 }
 
 impl TestBinary {
     /// Writes the config and store into a new temp dir and starts the binary on them; its log
     /// (`RUST_LOG=debug`) goes to `log_path()`.
     pub fn start(config: &ConfigSpec, store: &str) -> Self {
+        Self::start_with(config, store, BinaryOptions::default())
+    }
+
+    pub fn start_with(config: &ConfigSpec, store: &str, options: BinaryOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = config.write(dir.path(), store);
-        let (child, proxy, admin) = spawn_binary(&config_path, &dir.path().join("hooksign.log"));
+        let (child, proxy, admin) = spawn_binary(
+            &config_path,
+            &dir.path().join("hooksign.log"),
+            options.rust_log,
+        );
         Self {
             child,
             proxy,
             admin,
             config_path,
             dir,
+            rust_log: options.rust_log,
         }
     }
 
@@ -556,7 +600,8 @@ impl TestBinary {
             self.child.try_wait().unwrap().is_some(),
             "restart needs a stopped process"
         );
-        let (child, proxy, admin) = spawn_binary(&self.config_path, &self.log_path());
+        let (child, proxy, admin) =
+            spawn_binary(&self.config_path, &self.log_path(), self.rust_log);
         self.child = child;
         self.proxy = proxy;
         self.admin = admin;
@@ -576,6 +621,11 @@ impl TestBinary {
     /// The store file.
     pub fn store_path(&self) -> PathBuf {
         self.dir.path().join("webhooks.toml")
+    }
+
+    /// What the binary wrote to stderr (its log) so far, across restarts.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Sends a signal to the process by its PID.
@@ -610,7 +660,11 @@ impl Drop for TestBinary {
     }
 }
 
-fn spawn_binary(config_path: &Path, log_path: &Path) -> (Child, SocketAddr, SocketAddr) {
+fn spawn_binary(
+    config_path: &Path,
+    log_path: &Path,
+    rust_log: &str,
+) -> (Child, SocketAddr, SocketAddr) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -620,7 +674,7 @@ fn spawn_binary(config_path: &Path, log_path: &Path) -> (Child, SocketAddr, Sock
         .arg("serve")
         .arg("--config")
         .arg(config_path)
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .spawn()

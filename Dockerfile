@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+#
+# hooksign: a static (musl) binary in a distroless image, running as a non-root user.
+#
+#   docker build -t hooksign .
+#   docker run --rm -p 127.0.0.1:8080:8080 -p 127.0.0.1:9090:9090 \
+#       -v "$PWD/webhooks.toml:/var/lib/hooksign/webhooks.toml" hooksign
+#
+# The image's config (deploy/container.toml) listens on 0.0.0.0 so the ports can be published.
+# The proxy port has no authentication: whoever reaches it gets deliveries signed. Publish it on
+# loopback only, or keep it inside the pod / a private network that only the application reaches.
+
+FROM rust:1-bookworm AS build
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/*
+RUN rustup target add x86_64-unknown-linux-musl
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+# ring compiles its C and assembly with musl-gcc; the result has no dynamic dependencies.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --target x86_64-unknown-linux-musl \
+    && cp target/x86_64-unknown-linux-musl/release/hooksign /hooksign
+# Fail the build if the binary is not static, and prove it runs.
+RUN (ldd /hooksign 2>&1 || true) | grep -Eq 'not a dynamic executable|statically linked' \
+    && /hooksign --version \
+    && mkdir -p /out/var/lib/hooksign
+
+# distroless/static carries CA certificates (for upstream TLS), /etc/passwd and tzdata; no shell.
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /hooksign /usr/local/bin/hooksign
+COPY deploy/container.toml /etc/hooksign/config.toml
+# The store directory belongs to the runtime user: hooksign writes the store atomically there
+# (temp file, fsync, rename), so the directory must be writable, not only the file.
+COPY --from=build --chown=65532:65532 /out/var/lib/hooksign /var/lib/hooksign
+ENV HOOKSIGN_CONFIG=/etc/hooksign/config.toml
+USER 65532:65532
+VOLUME ["/etc/hooksign", "/var/lib/hooksign"]
+# 8080: the proxy port (the application's deliveries). 9090: the admin port (probes, metrics, API).
+EXPOSE 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/hooksign", "healthcheck", "--config", "/etc/hooksign/config.toml"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/hooksign"]
+CMD ["serve", "--config", "/etc/hooksign/config.toml"]
