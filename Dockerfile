@@ -18,8 +18,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
+# .cargo/config.toml points PROTOC at tools/protoc (the vendored protoc etcd-client builds with).
+COPY .cargo ./.cargo
+COPY tools ./tools
 COPY src ./src
+COPY benches ./benches
 # ring compiles its C and assembly with musl-gcc; the result has no dynamic dependencies.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
