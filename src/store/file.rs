@@ -37,7 +37,7 @@ pub struct FileBackend {
 #[serde(deny_unknown_fields)]
 struct StoreFile {
     #[serde(default)]
-    webhooks: Vec<toml::Spanned<toml::Table>>,
+    webhooks: Vec<toml::Spanned<EndpointRecord>>,
 }
 
 #[derive(Serialize)]
@@ -252,47 +252,20 @@ pub fn parse_store(
         path: path.to_owned(),
         message: redact_toml_error(&err),
     })?;
-    let mut records = Vec::with_capacity(file.webhooks.len());
-    let mut spans = Vec::with_capacity(file.webhooks.len());
-    let mut problems = Vec::new();
-    for (index, table) in file.webhooks.into_iter().enumerate() {
-        let span = table.span();
-        let table = table.into_inner();
-        let field_spans: Vec<(String, usize)> = table
-            .keys()
-            .map(|k| {
-                (
-                    k.clone(),
-                    find_key(text, span.clone(), k).unwrap_or(span.start),
-                )
-            })
-            .collect();
-        match EndpointRecord::deserialize(toml::Value::Table(table)) {
-            Ok(record) => {
-                records.push(record);
-                spans.push((span.start, field_spans));
-            }
-            Err(err) => {
-                let (line, column) = line_column(text, span.start);
-                problems.push(format!(
-                    "webhooks[{index}] (line {line}, column {column}): {}",
-                    err.message()
-                ));
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(LoadError::Invalid {
-            path: path.to_owned(),
-            problems,
-        });
-    }
+    // Records deserialize straight from the text (no intermediate table per endpoint); only the
+    // start of each table is kept, to place validation problems.
+    let mut starts = Vec::with_capacity(file.webhooks.len());
+    let records = file
+        .webhooks
+        .into_iter()
+        .map(|spanned| {
+            starts.push(spanned.span());
+            spanned.into_inner()
+        })
+        .collect();
     Snapshot::build(records, previous, |index, field| {
-        let (start, fields) = &spans[index];
-        let offset = fields
-            .iter()
-            .find(|(k, _)| k == field)
-            .map_or(*start, |(_, o)| *o);
+        let span = starts[index].clone();
+        let offset = find_key(text, span.clone(), field).unwrap_or(span.start);
         let (line, column) = line_column(text, offset);
         format!("webhooks[{index}].{field} (line {line}, column {column})")
     })
