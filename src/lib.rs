@@ -258,12 +258,15 @@ async fn flush_records_periodically(state: Arc<AppState>, shutdown: Cancellation
 /// Starts live reload of the store: the file watch and `SIGHUP`. Call it before announcing
 /// readiness, so no change made after that is missed.
 pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
-    if let Err(err) = store::watch::spawn(
-        Arc::clone(state),
-        state.config.store.path.clone(),
-        shutdown.clone(),
-    ) {
-        tracing::warn!(error = %err, "live reload is off; send SIGHUP to reload the store");
+    // The etcd backend follows its own watch (started by `serve`); only a file needs watching.
+    if state.config.store.backend == config::StoreBackend::File {
+        if let Err(err) = store::watch::spawn(
+            Arc::clone(state),
+            state.config.store.path.clone(),
+            shutdown.clone(),
+        ) {
+            tracing::warn!(error = %err, "live reload is off; send SIGHUP to reload the store");
+        }
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
