@@ -190,13 +190,7 @@ enum StoreAction {
 /// `store import` / `store export`: exit 0, or print why and exit 1.
 fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError> {
     let config = Config::load(path)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Io {
-            what: "starting the runtime",
-            source,
-        })?;
+    let runtime = runtime(1)?;
     let outcome: Result<(), String> = runtime.block_on(async {
         let backend = EtcdBackend::connect(&config.store.etcd, None)
             .await
@@ -351,21 +345,7 @@ fn usage_error(why: &str) -> ExitCode {
 fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let config = Config::load(path)?;
     crate::init_logging(config.log.format);
-    // One worker needs no work-stealing scheduler: the current-thread runtime is cheaper per task.
-    let mut builder = if config.server.worker_threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(config.server.worker_threads);
-        builder
-    };
-    let runtime = builder
-        .enable_all()
-        .build()
-        .map_err(|source| RunError::Io {
-            what: "starting the runtime",
-            source,
-        })?;
+    let runtime = runtime(config.server.worker_threads)?;
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let state = AppState::build(config).await?;
@@ -436,10 +416,7 @@ fn check(path: &Path) -> ExitCode {
 
 /// Connects to the configured etcd and loads the prefix: the problems found.
 fn check_etcd(config: &Config) -> Vec<String> {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(1) {
         Ok(runtime) => runtime,
         Err(err) => return vec![err.to_string()],
     };
@@ -493,10 +470,7 @@ fn healthcheck(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(1) {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("hooksign: {err}");
@@ -567,4 +541,20 @@ fn write_stdout(text: &str) -> Result<(), RunError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// A runtime with `workers` threads. One worker needs no work-stealing scheduler: the
+/// current-thread runtime is cheaper per task.
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, RunError> {
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build().map_err(|source| RunError::Io {
+        what: "starting the runtime",
+        source,
+    })
 }
