@@ -248,21 +248,10 @@ pub fn parse_store(
     path: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
-    let file: StoreFile = toml::from_str(text).map_err(|err| LoadError::Parse {
-        path: path.to_owned(),
-        message: redact_toml_error(&err),
-    })?;
-    // Records deserialize straight from the text (no intermediate table per endpoint); only the
-    // start of each table is kept, to place validation problems.
-    let mut starts = Vec::with_capacity(file.webhooks.len());
-    let records = file
-        .webhooks
-        .into_iter()
-        .map(|spanned| {
-            starts.push(spanned.span());
-            spanned.into_inner()
-        })
-        .collect();
+    let (records, starts) = match parse_tables_one_by_one(text) {
+        Some(parsed) => parsed,
+        None => parse_whole(text, path)?,
+    };
     Snapshot::build(records, previous, |index, field| {
         let span = starts[index].clone();
         let offset = find_key(text, span.clone(), field).unwrap_or(span.start);
@@ -273,6 +262,57 @@ pub fn parse_store(
         path: path.to_owned(),
         problems,
     })
+}
+
+/// The whole file as one TOML document (any layout TOML allows): the records and the byte range
+/// of each table.
+fn parse_whole(
+    text: &str,
+    path: &str,
+) -> Result<(Vec<EndpointRecord>, Vec<std::ops::Range<usize>>), LoadError> {
+    let file: StoreFile = toml::from_str(text).map_err(|err| LoadError::Parse {
+        path: path.to_owned(),
+        message: redact_toml_error(&err),
+    })?;
+    Ok(file
+        .webhooks
+        .into_iter()
+        .map(|spanned| (spanned.span(), spanned.into_inner()))
+        .map(|(span, record)| (record, span))
+        .unzip())
+}
+
+/// The usual layout, nothing but `[[webhooks]]` tables (and comments before the first), parsed
+/// one table at a time: the parser's document model for a large store peaks at many times the
+/// file's size, and memory freed after the parse stays with the process. `None` when the file
+/// has another shape or any table does not parse alone; [`parse_whole`] then gives the answer
+/// (and the error, with its position in the whole file).
+fn parse_tables_one_by_one(
+    text: &str,
+) -> Option<(Vec<EndpointRecord>, Vec<std::ops::Range<usize>>)> {
+    const HEADER: &str = "[[webhooks]]";
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if trimmed == HEADER {
+            starts.push(offset + line.find(HEADER)?);
+        } else if trimmed.starts_with('[')
+            || (starts.is_empty() && !trimmed.is_empty() && !trimmed.starts_with('#'))
+        {
+            return None;
+        }
+        offset += line.len();
+    }
+    let mut records = Vec::with_capacity(starts.len());
+    let mut spans = Vec::with_capacity(starts.len());
+    for (index, &start) in starts.iter().enumerate() {
+        let end = starts.get(index + 1).copied().unwrap_or(text.len());
+        let table = &text[start + HEADER.len()..end];
+        records.push(toml::from_str::<EndpointRecord>(table).ok()?);
+        spans.push(start..end);
+    }
+    Some((records, spans))
 }
 
 /// toml's message quotes the offending source line, which may hold a secret: keep only the
@@ -374,6 +414,35 @@ updated_at = "2026-02-18T10:00:00Z"
         let text = GOOD.replace("status = \"active\"", "statsu = \"active\"");
         let err = parse_store(&text, "webhooks.toml", None).unwrap_err();
         assert!(err.to_string().contains("statsu"), "{err}");
+    }
+
+    #[test]
+    fn table_by_table_parsing_agrees_with_the_whole_file() {
+        let two = format!(
+            "# comment\n{GOOD}\n{}",
+            GOOD.replace("a1b2c3d4", "b1b2c3d4")
+        );
+        let (one_by_one, spans) = parse_tables_one_by_one(&two).expect("the usual layout");
+        let (whole, _) = parse_whole(&two, "webhooks.toml").unwrap();
+        assert_eq!(one_by_one.len(), 2);
+        assert_eq!(spans.len(), 2);
+        for (a, b) in one_by_one.iter().zip(&whole) {
+            assert_eq!((&a.uuid, &a.url, &a.events), (&b.uuid, &b.url, &b.events));
+            assert_eq!(a.secret.expose(), b.secret.expose());
+        }
+        // Other layouts are left to the whole-file parser, which accepts them.
+        let inline = "webhooks = [{ uuid = \"a1b2c3d4-e5f6-7890-abcd-ef1234567890\", \
+                      company = \"550e8400-e29b-41d4-a716-446655440000\", url = \"https://x.example/\", \
+                      events = [\"*\"], secret = \"whsec_9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\" }]\n";
+        assert!(parse_tables_one_by_one(inline).is_none());
+        assert_eq!(parse_store(inline, "webhooks.toml", None).unwrap().len(), 1);
+        // A table that does not parse alone falls back too, so the error has its real position.
+        let broken = GOOD.replace("status = \"active\"", "status = ");
+        assert!(parse_tables_one_by_one(&broken).is_none());
+        assert!(parse_store(&broken, "webhooks.toml", None)
+            .unwrap_err()
+            .to_string()
+            .contains("line 8"));
     }
 
     #[test]
