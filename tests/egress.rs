@@ -357,14 +357,7 @@ async fn an_answer_mixing_public_and_denied_addresses_is_refused_whole() {
 async fn the_checked_address_is_dialled_and_the_name_kept_for_tls_and_host() {
     let pki = Pki::new();
     let tls = Upstream::start(&pki, UpstreamOptions::default()).await;
-    let plain = Upstream::start(
-        &pki,
-        UpstreamOptions {
-            tls: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let plain = Upstream::start(&pki, UpstreamOptions::plain()).await;
     // Names the system cannot resolve: only the scripted answer can lead anywhere.
     let named = EndpointSpec::new(format!("https://hooks.test.invalid:{}/", tls.addr.port()));
     let plain_named =
@@ -441,14 +434,7 @@ async fn ports_outside_allow_ports_are_refused() {
 #[tokio::test]
 async fn plain_http_refusals_count_as_scheme() {
     let pki = Pki::new();
-    let upstream = Upstream::start(
-        &pki,
-        UpstreamOptions {
-            tls: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let upstream = Upstream::start(&pki, UpstreamOptions::plain()).await;
     let endpoint = EndpointSpec::new(upstream.url("/"));
     let server = TestServer::start(&ConfigSpec::new(Some(&pki)), &store_toml(&[&endpoint])).await;
     assert_forbidden(&deliver(&server, &endpoint).await);

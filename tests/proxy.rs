@@ -246,14 +246,7 @@ async fn refusals_have_their_codes() {
 #[tokio::test]
 async fn plain_http_destinations_need_allow_http() {
     let pki = Pki::new();
-    let upstream = Upstream::start(
-        &pki,
-        UpstreamOptions {
-            tls: false,
-            ..Default::default()
-        },
-    )
-    .await;
+    let upstream = Upstream::start(&pki, UpstreamOptions::plain()).await;
     let endpoint = EndpointSpec::new(upstream.url("/plain"));
     let config = ConfigSpec::new(Some(&pki)).set("egress", "allow_http = true");
     let server = TestServer::start(&config, &store_toml(&[&endpoint])).await;

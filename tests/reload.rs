@@ -244,13 +244,7 @@ async fn admin_writes_cause_no_reloads_and_keep_hand_edits() {
     // A broken hand edit is never overwritten: writes are refused until it is fixed.
     std::fs::write(&store, "[[webhooks]]\nuuid = ").unwrap();
     let reply = server
-        .api(
-            Method::POST,
-            "/api/v1/webhooks",
-            Some(OPS_TOKEN),
-            Some(COMPANY),
-            Some(json!({"url": "https://localhost/x", "events": ["*"]})),
-        )
+        .post_webhook(json!({"url": "https://localhost/x", "events": ["*"]}))
         .await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
     assert_eq!(reply.json()["error"]["code"], "store_conflict");
@@ -301,13 +295,7 @@ async fn a_read_only_store_serves_deliveries_and_refuses_writes_clearly() {
         return;
     }
     let reply = server
-        .api(
-            Method::POST,
-            "/api/v1/webhooks",
-            Some(OPS_TOKEN),
-            Some(COMPANY),
-            Some(json!({"url": "https://localhost/x", "events": ["*"]})),
-        )
+        .post_webhook(json!({"url": "https://localhost/x", "events": ["*"]}))
         .await;
     let _ = std::process::Command::new("chattr")
         .arg("-i")

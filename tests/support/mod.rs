@@ -116,6 +116,16 @@ pub struct UpstreamOptions {
     pub headers: Vec<(&'static str, &'static str)>,
 }
 
+impl UpstreamOptions {
+    /// A plain-HTTP upstream (no TLS), otherwise the defaults.
+    pub fn plain() -> Self {
+        Self {
+            tls: false,
+            ..Default::default()
+        }
+    }
+}
+
 impl Default for UpstreamOptions {
     fn default() -> Self {
         Self {
@@ -782,16 +792,22 @@ impl TestServer {
         api_call(self.admin, method, path, token, company, body).await
     }
 
+    /// `POST /api/v1/webhooks` with `body` as ops for `COMPANY`; the reply, whatever it is.
+    pub async fn post_webhook(&self, body: serde_json::Value) -> Reply {
+        self.api(
+            Method::POST,
+            "/api/v1/webhooks",
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            Some(body),
+        )
+        .await
+    }
+
     /// `POST /api/v1/webhooks` as ops for `COMPANY`; the created endpoint's JSON.
     pub async fn create_webhook(&self, url: &str, events: &[&str]) -> serde_json::Value {
         let reply = self
-            .api(
-                Method::POST,
-                "/api/v1/webhooks",
-                Some(OPS_TOKEN),
-                Some(COMPANY),
-                Some(serde_json::json!({"url": url, "events": events})),
-            )
+            .post_webhook(serde_json::json!({"url": url, "events": events}))
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
         reply.json()
