@@ -518,11 +518,11 @@ pub async fn test(
                 error: None,
             }
         }
-        Err(outcome) => TestReport {
+        Err(refused) => TestReport {
             delivered: false,
             status_code: None,
             duration_ms: started.elapsed().as_millis() as u64,
-            error: Some(outcome.as_label().to_owned()),
+            error: Some(refused.outcome.as_label().to_owned()),
         },
     };
     tracing::info!(endpoint = %uuid, delivered = report.delivered, "test event sent");

@@ -232,6 +232,14 @@ pub async fn serve(
     Ok(())
 }
 
+/// A request hooksign answered itself, already counted: why, and for which endpoint when the
+/// request named one (for the log line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub outcome: Outcome,
+    pub endpoint: Option<Uuid>,
+}
+
 /// Handles one delivery. Never fails: every problem becomes a response.
 pub async fn handle(
     state: Arc<AppState>,
@@ -239,18 +247,15 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let _in_flight = state.metrics.in_flight();
     let started = Instant::now();
-    // Parsed again here (cheaply) so the refusal line names the endpoint; `deliver` owns the
-    // request.
-    let endpoint = request
-        .headers()
-        .get(&X_WEBHOOK_ID)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|text| Uuid::try_parse(text.trim()).ok());
     let response = match deliver(&state, request).await {
         Ok(response) => response,
-        Err(outcome) => {
-            log_refusal(outcome, endpoint.as_ref(), started.elapsed());
-            refusal(outcome)
+        Err(refused) => {
+            log_refusal(
+                refused.outcome,
+                refused.endpoint.as_ref(),
+                started.elapsed(),
+            );
+            refusal(refused.outcome)
         }
     };
     Ok(response)
@@ -273,7 +278,7 @@ fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
 async fn deliver(
     state: &Arc<AppState>,
     request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Outcome> {
+) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
     let uuid = parts
         .headers
@@ -351,7 +356,7 @@ pub async fn forward(
     chunks: Vec<Bytes>,
     len: u64,
     signer: BodySigner,
-) -> Result<Response<Incoming>, Outcome> {
+) -> Result<Response<Incoming>, Refused> {
     let uuid = endpoint.uuid;
     if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
         state.metrics.egress_refused(DenyReason::Scheme);
@@ -439,11 +444,14 @@ fn record_delivery(state: &Arc<AppState>, endpoint: &Endpoint, outcome: Delivery
 }
 
 impl AppState {
-    /// Counts a refusal; returns its outcome for the response (`handle` logs it, with its
+    /// Counts a refusal; returns it for the response (`handle` logs it, with the endpoint and its
     /// duration).
-    fn refuse(&self, outcome: Outcome, _endpoint: Option<&Uuid>) -> Outcome {
+    fn refuse(&self, outcome: Outcome, endpoint: Option<&Uuid>) -> Refused {
         self.metrics.delivery(outcome);
-        outcome
+        Refused {
+            outcome,
+            endpoint: endpoint.copied(),
+        }
     }
 }
 
