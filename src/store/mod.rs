@@ -182,16 +182,7 @@ impl Store {
                 WriteError::Unavailable("the store has not been loaded yet".to_owned()).into(),
             );
         }
-        let current = self.snapshot();
-        let current = match self.backend.load_if_changed(&current).await {
-            Ok(Some(fresh)) => {
-                tracing::info!("store changed outside hooksign; building on the new content");
-                self.replace(fresh);
-                self.snapshot()
-            }
-            Ok(None) => current,
-            Err(err) => return Err(WriteError::Conflict(err).into()),
-        };
+        let current = self.with_outside_edits().await?;
         let mut records = current.records();
         let outcome = change(&mut records)?;
         let next = Snapshot::build(records.clone(), Some(&current), |index, field| {
@@ -201,6 +192,21 @@ impl Store {
         self.backend.persist(records).await?;
         self.replace(next);
         Ok(outcome)
+    }
+
+    /// The snapshot a write builds on (call with the write lock held): the current one, or, when
+    /// someone else changed the backend since hooksign last read or wrote it, that content,
+    /// loaded and swapped in first. A change that does not load refuses the write.
+    async fn with_outside_edits(&self) -> Result<Arc<Snapshot>, WriteError> {
+        match self.backend.load_if_changed(&self.snapshot()).await {
+            Ok(Some(fresh)) => {
+                tracing::info!("store changed outside hooksign; building on the new content");
+                self.replace(fresh);
+                Ok(self.snapshot())
+            }
+            Ok(None) => Ok(self.snapshot()),
+            Err(err) => Err(WriteError::Conflict(err)),
+        }
     }
 
     /// Re-reads the store if its content changed since hooksign last read or wrote it (so
@@ -256,15 +262,7 @@ impl Store {
         // The records change, the endpoints do not: write them without rebuilding the snapshot
         // (no re-parsing or re-keying of every endpoint every flush).
         let _writing = self.write_lock.lock().await;
-        let current = match self.backend.load_if_changed(&self.snapshot()).await {
-            Ok(Some(fresh)) => {
-                tracing::info!("store changed outside hooksign; reloaded before writing records");
-                self.replace(fresh);
-                self.snapshot()
-            }
-            Ok(None) => self.snapshot(),
-            Err(err) => return Err(WriteError::Conflict(err)),
-        };
+        let current = self.with_outside_edits().await?;
         self.backend.persist(current.records()).await?;
         *last_total = total;
         Ok(true)
