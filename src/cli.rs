@@ -244,7 +244,7 @@ fn read_store_file(file: &Path) -> Result<Vec<EndpointRecord>, String> {
     };
     Ok(snapshot
         .endpoints()
-        .map(|endpoint| etcd::stripped(&endpoint.record))
+        .map(|endpoint| etcd::stripped(&endpoint.record_now()))
         .collect())
 }
 

@@ -159,7 +159,7 @@ impl WebhookView {
         let stats = &endpoint.stats;
         Self {
             uuid: endpoint.uuid,
-            url: endpoint.record.url.clone(),
+            url: endpoint.url.clone(),
             description: endpoint.description.clone(),
             events: endpoint.events.clone(),
             is_active: endpoint.status == Status::Active,

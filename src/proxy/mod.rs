@@ -358,7 +358,7 @@ pub async fn forward(
     signer: BodySigner,
 ) -> Result<Response<Incoming>, Refused> {
     let uuid = endpoint.uuid;
-    if endpoint.url.scheme() == "http" && !state.config.egress.allow_http {
+    if endpoint.target.scheme_str() == Some("http") && !state.config.egress.allow_http {
         state.metrics.egress_refused(DenyReason::Scheme);
         return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
     }

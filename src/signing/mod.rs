@@ -225,7 +225,8 @@ pub fn unix_now() -> u64 {
 pub struct EndpointSigner {
     scheme: Scheme,
     current: Key,
-    previous: Option<Previous>,
+    /// Boxed: only endpoints inside an overlap window pay for a second keyed state.
+    previous: Option<Box<Previous>>,
 }
 
 #[derive(Clone)]
@@ -285,10 +286,10 @@ impl EndpointSigner {
         if !self.scheme.allows_overlap() {
             return Err(KeyError::NoOverlap(self.scheme));
         }
-        self.previous = Some(Previous {
+        self.previous = Some(Box::new(Previous {
             key: Key::new(self.scheme, secret)?,
             expires_at,
-        });
+        }));
         Ok(self)
     }
 

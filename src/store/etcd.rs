@@ -366,7 +366,7 @@ impl Backend for EtcdBackend {
                             .strip_prefix(&self.keys)
                             .and_then(|uuid| uuid.parse().ok())
                             .and_then(|uuid| previous?.get(&uuid))
-                            .map(|endpoint| stripped(&endpoint.record));
+                            .map(|endpoint| stripped(&endpoint.record_now()));
                         match (previous, kept) {
                             (Some(_), kept) => {
                                 tracing::error!(key = %key.key, problem = %why, "etcd value rejected; keeping the endpoint's last good record");

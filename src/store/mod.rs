@@ -442,16 +442,17 @@ fn default_scheme() -> String {
 }
 
 /// A validated endpoint, ready for the delivery path: URL parsed, HMAC keyed.
+///
+/// Each field is held once, in its parsed form (the record to store is rebuilt from them by
+/// [`Endpoint::record_now`]): a snapshot of 10,000 endpoints stays a few MiB.
 pub struct Endpoint {
-    /// The record as stored (delivery records as of the last load; see [`Endpoint::record_now`]).
-    pub record: EndpointRecord,
     /// Delivery records, shared with every snapshot that holds this endpoint.
     pub stats: Arc<DeliveryStats>,
     pub uuid: Uuid,
     pub company: Uuid,
-    /// The URL as stored (what the API shows).
-    pub url: Url,
-    /// The same URL as the request target the client sends to.
+    /// The URL as stored (what the API shows and the store keeps).
+    pub url: String,
+    /// The same URL, parsed, as the request target the client sends to.
     pub target: Uri,
     pub events: Vec<String>,
     /// Subscribed to `*`: every event type, current and future.
@@ -482,8 +483,8 @@ impl Endpoint {
         let uuid = Uuid::parse_str(&record.uuid).map_err(|_| ("uuid", "not a uuid".to_owned()))?;
         let company =
             Uuid::parse_str(&record.company).map_err(|_| ("company", "not a uuid".to_owned()))?;
-        let url = parse_endpoint_url(&record.url).map_err(|why| ("url", why))?;
-        let target: Uri = url
+        let parsed_url = parse_endpoint_url(&record.url).map_err(|why| ("url", why))?;
+        let target: Uri = parsed_url
             .as_str()
             .parse()
             .map_err(|_| ("url", "not usable as an HTTP request target".to_owned()))?;
@@ -564,35 +565,56 @@ impl Endpoint {
                 record.consecutive_failures,
             ))
         });
+        let EndpointRecord {
+            url,
+            mut events,
+            description,
+            secret,
+            previous_secret,
+            ..
+        } = record;
+        events.shrink_to_fit();
         Ok(Self {
             uuid,
             company,
             url,
             target,
-            events: record.events.clone(),
+            events,
             all_events,
-            description: record.description.clone(),
+            description,
             status,
             scheme,
-            secret: record.secret.clone(),
-            previous_secret: record.previous_secret.clone(),
+            secret,
+            previous_secret,
             previous_secret_expires_at,
             signer,
             created_at,
             updated_at,
             stats,
-            record,
         })
     }
 
-    /// The record with the delivery records as they are now.
+    /// The record to store, with the delivery records as they are now. Times are written in
+    /// the store's form (UTC, `Z`, whole seconds) and uuids in lowercase.
     pub fn record_now(&self) -> EndpointRecord {
-        let mut record = self.record.clone();
-        record.deliveries_count = self.stats.deliveries();
-        record.last_delivery_at = self.stats.last_delivery_at().map(format_time);
-        record.last_delivery_status = self.stats.last_outcome().map(|o| o.as_str().to_owned());
-        record.consecutive_failures = self.stats.consecutive_failures();
-        record
+        EndpointRecord {
+            uuid: self.uuid.to_string(),
+            company: self.company.to_string(),
+            url: self.url.clone(),
+            events: self.events.clone(),
+            description: self.description.clone(),
+            status: self.status.as_str().to_owned(),
+            scheme: self.scheme.as_str().to_owned(),
+            secret: self.secret.clone(),
+            previous_secret: self.previous_secret.clone(),
+            previous_secret_expires_at: self.previous_secret_expires_at.map(format_time),
+            created_at: self.created_at.map(format_time),
+            updated_at: self.updated_at.map(format_time),
+            deliveries_count: self.stats.deliveries(),
+            last_delivery_at: self.stats.last_delivery_at().map(format_time),
+            last_delivery_status: self.stats.last_outcome().map(|o| o.as_str().to_owned()),
+            consecutive_failures: self.stats.consecutive_failures(),
+        }
     }
 
     /// The Ed25519 public key receivers verify with (`whpk_<base64>`), for the
@@ -751,6 +773,29 @@ mod tests {
     }
 
     const ID: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
+
+    #[test]
+    fn an_endpoint_gives_back_the_record_it_was_built_from() {
+        let mut stored = record(ID);
+        stored.scheme = "stripe".into();
+        stored.url = "https://Example.COM:8443/hooks/a%20b?x=1&y".into();
+        stored.events = vec!["invoice.created".into(), "invoice.paid".into()];
+        stored.description = "Production \"invoices\"".into();
+        stored.status = "auto_disabled".into();
+        stored.previous_secret = Some(Secret::generate_for(Scheme::Stripe).unwrap());
+        stored.previous_secret_expires_at = Some("2026-02-19T10:00:00Z".into());
+        stored.updated_at = Some("2026-02-18T11:00:00Z".into());
+        stored.deliveries_count = 7;
+        stored.last_delivery_at = Some("2026-02-18T12:00:00Z".into());
+        stored.last_delivery_status = Some("failed".into());
+        stored.consecutive_failures = 3;
+        let endpoint = Endpoint::from_record(stored.clone(), None).unwrap();
+        let again = endpoint.record_now();
+        assert_eq!(
+            toml::to_string(&again).unwrap(),
+            toml::to_string(&stored).unwrap()
+        );
+    }
 
     #[test]
     fn a_valid_record_builds() {
