@@ -1,13 +1,15 @@
 //! The store's costs: the per-delivery snapshot lookup (one atomic load and a hash lookup) at 10
 //! and 100,000 endpoints, loading a store file (parse, validate, key every HMAC) and the atomic
-//! durable write (temp file, fsync, rename, fsync dir) at 10,000 and 100,000 endpoints.
+//! durable write (temp file, fsync, rename, fsync dir) at 10,000 and 100,000 endpoints: an admin
+//! write (the snapshot rebuilt and every endpoint re-keyed) and the periodic delivery-record flush
+//! (one endpoint's records changed, the file rewritten, the snapshot kept).
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use hooksign::store::file::{parse_store, FileBackend};
-use hooksign::store::{Snapshot, Store, WriteError};
+use hooksign::store::{DeliveryOutcome, Snapshot, Store, WriteError};
 use uuid::Uuid;
 
 /// A store file of `count` active storno endpoints with random uuids and secrets.
@@ -92,6 +94,22 @@ fn load_and_write(c: &mut Criterion) {
                 runtime
                     .block_on(store.update(|_| Ok::<(), WriteError>(())))
                     .expect("the write succeeds")
+            })
+        });
+        let busy = store
+            .snapshot()
+            .endpoints()
+            .nth(count / 2)
+            .cloned()
+            .expect("an endpoint");
+        let mut flushed = 0;
+        group.bench_function(BenchmarkId::new("record flush", count), |b| {
+            b.iter(|| {
+                busy.stats.record(DeliveryOutcome::Success);
+                let wrote = runtime
+                    .block_on(store.flush_delivery_records(&mut flushed))
+                    .expect("the flush succeeds");
+                assert!(wrote, "a recorded delivery makes the flush write");
             })
         });
     }

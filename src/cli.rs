@@ -217,7 +217,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                         eprintln!("exported {count} endpoint(s) to {}", file.display());
                     }
                     None => {
-                        let text = file_store::render(&records).map_err(|err| err.to_string())?;
+                        let text = file_store::render(&records);
                         write_stdout(&text).map_err(|err| err.to_string())?;
                         eprintln!("exported {count} endpoint(s)");
                     }

@@ -15,7 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -38,11 +38,6 @@ pub struct FileBackend {
 struct StoreFile {
     #[serde(default)]
     webhooks: Vec<toml::Spanned<EndpointRecord>>,
-}
-
-#[derive(Serialize)]
-struct StoreFileOut<'a> {
-    webhooks: &'a [EndpointRecord],
 }
 
 impl FileBackend {
@@ -193,20 +188,13 @@ impl Backend for FileBackend {
 }
 
 /// The text of a store file holding `records` (what [`FileBackend`] writes).
-pub fn render(records: &[EndpointRecord]) -> Result<Zeroizing<String>, WriteError> {
-    let body = Zeroizing::new(
-        toml::to_string(&StoreFileOut { webhooks: records })
-            .map_err(|err| WriteError::Serialize(err.to_string()))?,
-    );
-    let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + body.len()));
-    text.push_str(HEADER);
-    text.push_str(&body);
-    Ok(text)
+pub fn render(records: &[EndpointRecord]) -> Zeroizing<String> {
+    super::toml_out::render(HEADER, records)
 }
 
 /// Writes the whole store durably; the SHA-256 of what was written.
 fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], WriteError> {
-    let text = render(records)?;
+    let text = render(records);
 
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,

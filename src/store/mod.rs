@@ -19,6 +19,7 @@
 pub mod etcd;
 pub mod file;
 mod stats;
+mod toml_out;
 pub mod watch;
 
 pub use stats::{DeliveryOutcome, DeliveryStats};
