@@ -346,3 +346,33 @@ async fn sighup_reloads() {
     let log = std::fs::read_to_string(binary.log_path()).unwrap();
     assert!(log.contains("SIGHUP received"), "{log}");
 }
+
+/// hooksign's own re-read of the file (open, read, close) is not a change: after one admin write
+/// the file is read once or twice, not again and again. (Following its own reads, hooksign
+/// re-read the file every debounce period forever: a quarter of a core at 100,000 endpoints.)
+#[tokio::test]
+async fn reading_the_store_does_not_trigger_more_reads() {
+    const UNCHANGED: &str = "store file event with unchanged content";
+    let binary = TestBinary::start(&ConfigSpec::new(None).with_tokens(), "");
+    let created = api_call(
+        binary.admin,
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(OPS_TOKEN),
+        Some(COMPANY),
+        Some(json!({"url": "https://localhost/hook", "events": ["*"]})),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    // Twenty debounce periods: a re-read loop would log about twenty checks by now.
+    tokio::time::sleep(watch_period() * 20).await;
+    let checks = binary.stderr().matches(UNCHANGED).count();
+    assert!(
+        (1..=3).contains(&checks),
+        "{checks} re-reads of an unchanged store after one write"
+    );
+}
+
+fn watch_period() -> Duration {
+    hooksign::store::watch::DEBOUNCE
+}
