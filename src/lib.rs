@@ -33,7 +33,7 @@ use std::future::Future;
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -178,9 +178,27 @@ impl Listeners {
     }
 }
 
-/// How often delivery records (counters, last status) are written to the store. A `kill -9`
-/// loses at most this much of their history; configuration and secrets are written at once.
+/// How often delivery records (counters, last status) are written to the store, at most. A
+/// `kill -9` loses at most this much of their history (see [`next_record_flush`] for very large
+/// stores); configuration and secrets are written at once.
 pub const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The record flush rewrites the whole store file, so its cost grows with the store (about
+/// 0.5 s at 100,000 endpoints). It waits at least this many times its last duration before the
+/// next, keeping it under 1 % of a core whatever the store's size.
+pub const RECORD_FLUSH_COST_RATIO: u32 = 100;
+
+/// However slow the flush, delivery records are written at least this often.
+pub const RECORD_FLUSH_MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The wait before the next delivery-record flush, after one that took `last_flush`:
+/// [`RECORD_FLUSH_INTERVAL`], or [`RECORD_FLUSH_COST_RATIO`] times the flush when that is longer,
+/// up to [`RECORD_FLUSH_MAX_INTERVAL`].
+pub fn next_record_flush(last_flush: Duration) -> Duration {
+    last_flush
+        .saturating_mul(RECORD_FLUSH_COST_RATIO)
+        .clamp(RECORD_FLUSH_INTERVAL, RECORD_FLUSH_MAX_INTERVAL)
+}
 
 /// Serves both ports until `shutdown` fires (or one of them fails), then drains: both stop
 /// accepting at once, in-flight requests get `[server] shutdown_grace`, and whatever is still
@@ -237,20 +255,34 @@ pub async fn serve(
     first.0.and(second)
 }
 
-/// Writes delivery records every [`RECORD_FLUSH_INTERVAL`] while any changed; returns the
-/// delivery total last written when `shutdown` fires.
+/// Writes delivery records while any changed, every [`RECORD_FLUSH_INTERVAL`] or, for a store
+/// so large that writing it is slow, every [`next_record_flush`]; returns the delivery total last
+/// written when `shutdown` fires.
 async fn flush_records_periodically(state: Arc<AppState>, shutdown: CancellationToken) -> u64 {
     let mut flushed_total = state.store.snapshot().delivery_total();
-    let mut interval = tokio::time::interval(RECORD_FLUSH_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    interval.tick().await;
+    let mut wait = RECORD_FLUSH_INTERVAL;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return flushed_total,
-            _ = interval.tick() => {}
+            () = tokio::time::sleep(wait) => {}
         }
-        if let Err(err) = state.store.flush_delivery_records(&mut flushed_total).await {
-            tracing::warn!(error = %err, "could not write delivery records; will retry");
+        let started = Instant::now();
+        match state.store.flush_delivery_records(&mut flushed_total).await {
+            Ok(wrote) => {
+                let took = started.elapsed();
+                wait = next_record_flush(took);
+                if wrote {
+                    tracing::debug!(
+                        took_ms = took.as_millis() as u64,
+                        next_in_s = wait.as_secs(),
+                        "delivery records written"
+                    );
+                }
+            }
+            Err(err) => {
+                wait = RECORD_FLUSH_INTERVAL;
+                tracing::warn!(error = %err, "could not write delivery records; will retry");
+            }
         }
     }
 }
@@ -353,4 +385,23 @@ fn announce(line: &str) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "{line}")?;
     stdout.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_record_flushes_space_out_to_one_percent_of_a_core() {
+        assert_eq!(next_record_flush(Duration::ZERO), RECORD_FLUSH_INTERVAL);
+        assert_eq!(
+            next_record_flush(Duration::from_millis(40)),
+            RECORD_FLUSH_INTERVAL
+        );
+        assert_eq!(
+            next_record_flush(Duration::from_millis(550)),
+            Duration::from_secs(55)
+        );
+        assert_eq!(next_record_flush(Duration::MAX), RECORD_FLUSH_MAX_INTERVAL);
+    }
 }
