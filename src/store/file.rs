@@ -13,13 +13,13 @@
 use std::io::{self, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Backend, BackendFuture, EndpointRecord, LoadError, Snapshot, WriteError};
+use super::{toml_out, Backend, BackendFuture, EndpointRecord, LoadError, Snapshot, WriteError};
 
 /// What the store file starts with when hooksign writes it.
 const HEADER: &str = "# hooksign store: endpoints and their signing secrets. Keep this file private (0600).\n\
@@ -133,6 +133,27 @@ impl FileBackend {
     }
 }
 
+impl FileBackend {
+    /// Renders and writes the store on a blocking thread (rendering a large store and fsync both
+    /// block), then remembers what was written.
+    fn write_off_runtime(
+        &self,
+        render: impl FnOnce() -> Zeroizing<String> + Send + 'static,
+    ) -> BackendFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move {
+            let path = self.path.clone();
+            let digest = tokio::task::spawn_blocking(move || write_durably(&path, &render()))
+                .await
+                .map_err(|err| WriteError::Io(io::Error::other(err.to_string())))??;
+            *self
+                .known
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(digest);
+            Ok(())
+        })
+    }
+}
+
 impl Backend for FileBackend {
     fn load<'a>(
         &'a self,
@@ -172,18 +193,14 @@ impl Backend for FileBackend {
     }
 
     fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>> {
-        Box::pin(async move {
-            // fsync blocks; keep it off the runtime's worker threads.
-            let path = self.path.clone();
-            let digest = tokio::task::spawn_blocking(move || write_durably(&path, &records))
-                .await
-                .map_err(|err| WriteError::Io(io::Error::other(err.to_string())))??;
-            *self
-                .known
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(digest);
-            Ok(())
-        })
+        self.write_off_runtime(move || render(&records))
+    }
+
+    fn persist_snapshot(
+        &self,
+        snapshot: Arc<Snapshot>,
+    ) -> BackendFuture<'_, Result<(), WriteError>> {
+        self.write_off_runtime(move || toml_out::render_endpoints(HEADER, &snapshot.endpoints))
     }
 }
 
@@ -193,9 +210,7 @@ pub fn render(records: &[EndpointRecord]) -> Zeroizing<String> {
 }
 
 /// Writes the whole store durably; the SHA-256 of what was written.
-fn write_durably(path: &Path, records: &[EndpointRecord]) -> Result<[u8; 32], WriteError> {
-    let text = render(records);
-
+fn write_durably(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -80,6 +80,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Makes `records` the whole store, durably, before returning.
     fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>>;
 
+    /// Makes `snapshot` (with its delivery records as they are now) the whole store, durably:
+    /// the periodic record flush. The default builds the records for [`Backend::persist`].
+    fn persist_snapshot(
+        &self,
+        snapshot: Arc<Snapshot>,
+    ) -> BackendFuture<'_, Result<(), WriteError>> {
+        Box::pin(async move { self.persist(snapshot.records()).await })
+    }
+
     /// Whether this backend stores delivery records (counters, last status). The file backend
     /// does; a shared backend keeps them local to each replica, so
     /// [`Store::flush_delivery_records`] writes nothing.
@@ -264,7 +273,7 @@ impl Store {
         // (no re-parsing or re-keying of every endpoint every flush).
         let _writing = self.write_lock.lock().await;
         let current = self.with_outside_edits().await?;
-        self.backend.persist(current.records()).await?;
+        self.backend.persist_snapshot(current).await?;
         *last_total = total;
         Ok(true)
     }

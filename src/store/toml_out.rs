@@ -5,21 +5,156 @@
 //! file's size in memory for 100,000 endpoints, on every write and every delivery-record flush.
 //! This writes the same TOML in one pass. It first counts the exact length, so the text is built
 //! in one allocation and no grown-and-freed buffer is left holding a copy of a secret.
+//!
+//! The delivery-record flush renders straight from the snapshot's endpoints
+//! ([`render_endpoints`]): uuids and times are formatted on the stack, so a flush allocates the
+//! text and nothing per endpoint (a million small allocations freed at once left glibc's heap
+//! slower for every request after a flush of 100,000 endpoints).
 
+use std::borrow::Cow;
+use std::io;
+use std::sync::Arc;
+
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::EndpointRecord;
+use super::{format_time, DeliveryOutcome, Endpoint, EndpointRecord};
 
 /// The TOML text of `records` after `header` (comment lines): one `[[webhooks]]` table each,
 /// fields in the record's order, optional fields left out when unset, as the toml crate would.
 pub fn render(header: &str, records: &[EndpointRecord]) -> Zeroizing<String> {
+    render_with(header, |out| {
+        for (index, record) in records.iter().enumerate() {
+            write_fields(out, index, &Fields::of_record(record));
+        }
+    })
+}
+
+/// The same text as [`render`] of every endpoint's [`Endpoint::record_now`], without building
+/// the records. Delivery records are read once, before the text is counted.
+pub fn render_endpoints(header: &str, endpoints: &[Arc<Endpoint>]) -> Zeroizing<String> {
+    let recorded: Vec<Recorded> = endpoints.iter().map(|e| Recorded::of(e)).collect();
+    render_with(header, |out| {
+        for (index, (endpoint, recorded)) in endpoints.iter().zip(&recorded).enumerate() {
+            let mut uuid = [0u8; 36];
+            let mut company = [0u8; 36];
+            let mut times = [[0u8; TIME_TEXT_MAX]; 4];
+            let [expires_at, created_at, updated_at, last_at] = &mut times;
+            let fields = Fields {
+                uuid: endpoint.uuid.hyphenated().encode_lower(&mut uuid),
+                company: endpoint.company.hyphenated().encode_lower(&mut company),
+                url: &endpoint.url,
+                events: &endpoint.events,
+                description: &endpoint.description,
+                status: endpoint.status.as_str(),
+                scheme: endpoint.scheme.as_str(),
+                secret: endpoint.secret.expose(),
+                previous_secret: endpoint.previous_secret.as_ref().map(|s| s.expose()),
+                previous_secret_expires_at: endpoint
+                    .previous_secret_expires_at
+                    .map(|at| time_text(at, expires_at)),
+                created_at: endpoint.created_at.map(|at| time_text(at, created_at)),
+                updated_at: endpoint.updated_at.map(|at| time_text(at, updated_at)),
+                deliveries_count: recorded.deliveries,
+                last_delivery_at: recorded.last_at.map(|at| time_text(at, last_at)),
+                last_delivery_status: recorded.last_outcome.map(|o| Cow::Borrowed(o.as_str())),
+                consecutive_failures: recorded.consecutive_failures,
+            };
+            write_fields(out, index, &fields);
+        }
+    })
+}
+
+/// Counts the text, then writes it into a buffer of exactly that size.
+fn render_with(header: &str, write: impl Fn(&mut dyn Sink)) -> Zeroizing<String> {
     let mut length = Length(header.len());
-    write_records(&mut length, records);
+    write(&mut length);
     let mut text = Zeroizing::new(String::with_capacity(length.0));
     text.push_str(header);
-    write_records(&mut *text, records);
+    write(&mut *text);
     debug_assert_eq!(text.len(), length.0, "the counted length is exact");
     text
+}
+
+/// An endpoint's delivery records at one instant.
+struct Recorded {
+    deliveries: u64,
+    last_at: Option<OffsetDateTime>,
+    last_outcome: Option<DeliveryOutcome>,
+    consecutive_failures: u64,
+}
+
+impl Recorded {
+    fn of(endpoint: &Endpoint) -> Self {
+        let stats = &endpoint.stats;
+        Self {
+            deliveries: stats.deliveries(),
+            last_at: stats.last_delivery_at(),
+            last_outcome: stats.last_outcome(),
+            consecutive_failures: stats.consecutive_failures(),
+        }
+    }
+}
+
+/// Room for an RFC 3339 time to the second (`2026-02-18T10:00:00Z` is 20 bytes).
+const TIME_TEXT_MAX: usize = 40;
+
+/// [`format_time`]'s text, formatted into `buf` (allocated only for a year it cannot write).
+fn time_text(at: OffsetDateTime, buf: &mut [u8; TIME_TEXT_MAX]) -> Cow<'_, str> {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let at = at.replace_nanosecond(0).unwrap_or(at);
+    let mut cursor = io::Cursor::new(&mut buf[..]);
+    let written = at
+        .format_into(&mut cursor, &time::format_description::well_known::Rfc3339)
+        .ok();
+    match written.and_then(|len| std::str::from_utf8(&buf[..len]).ok()) {
+        Some(text) => Cow::Borrowed(text),
+        None => Cow::Owned(format_time(at)),
+    }
+}
+
+/// One `[[webhooks]]` table's values, borrowed (or formatted on the stack).
+struct Fields<'a> {
+    uuid: &'a str,
+    company: &'a str,
+    url: &'a str,
+    events: &'a [String],
+    description: &'a str,
+    status: &'a str,
+    scheme: &'a str,
+    secret: &'a str,
+    previous_secret: Option<&'a str>,
+    previous_secret_expires_at: Option<Cow<'a, str>>,
+    created_at: Option<Cow<'a, str>>,
+    updated_at: Option<Cow<'a, str>>,
+    deliveries_count: u64,
+    last_delivery_at: Option<Cow<'a, str>>,
+    last_delivery_status: Option<Cow<'a, str>>,
+    consecutive_failures: u64,
+}
+
+impl<'a> Fields<'a> {
+    fn of_record(record: &'a EndpointRecord) -> Self {
+        let borrowed = |text: &'a Option<String>| text.as_deref().map(Cow::Borrowed);
+        Self {
+            uuid: &record.uuid,
+            company: &record.company,
+            url: &record.url,
+            events: &record.events,
+            description: &record.description,
+            status: &record.status,
+            scheme: &record.scheme,
+            secret: record.secret.expose(),
+            previous_secret: record.previous_secret.as_ref().map(|s| s.expose()),
+            previous_secret_expires_at: borrowed(&record.previous_secret_expires_at),
+            created_at: borrowed(&record.created_at),
+            updated_at: borrowed(&record.updated_at),
+            deliveries_count: record.deliveries_count,
+            last_delivery_at: borrowed(&record.last_delivery_at),
+            last_delivery_status: borrowed(&record.last_delivery_status),
+            consecutive_failures: record.consecutive_failures,
+        }
+    }
 }
 
 /// Where text goes: counted first, then written.
@@ -41,72 +176,84 @@ impl Sink for String {
     }
 }
 
-fn write_records(out: &mut impl Sink, records: &[EndpointRecord]) {
-    for (index, record) in records.iter().enumerate() {
-        if index > 0 {
-            out.put("\n");
-        }
-        out.put("[[webhooks]]\n");
-        string(out, "uuid", &record.uuid);
-        string(out, "company", &record.company);
-        string(out, "url", &record.url);
-        out.put("events = [");
-        for (index, event) in record.events.iter().enumerate() {
-            if index > 0 {
-                out.put(", ");
-            }
-            quoted(out, event);
-        }
-        out.put("]\n");
-        if !record.description.is_empty() {
-            string(out, "description", &record.description);
-        }
-        string(out, "status", &record.status);
-        string(out, "scheme", &record.scheme);
-        string(out, "secret", record.secret.expose());
-        if let Some(previous) = &record.previous_secret {
-            string(out, "previous_secret", previous.expose());
-        }
-        optional(
-            out,
-            "previous_secret_expires_at",
-            &record.previous_secret_expires_at,
-        );
-        optional(out, "created_at", &record.created_at);
-        optional(out, "updated_at", &record.updated_at);
-        count(out, "deliveries_count", record.deliveries_count);
-        optional(out, "last_delivery_at", &record.last_delivery_at);
-        optional(out, "last_delivery_status", &record.last_delivery_status);
-        count(out, "consecutive_failures", record.consecutive_failures);
+/// The `index`-th table (tables are separated by a blank line).
+fn write_fields(out: &mut dyn Sink, index: usize, record: &Fields<'_>) {
+    if index > 0 {
+        out.put("\n");
     }
+    out.put("[[webhooks]]\n");
+    string(out, "uuid", record.uuid);
+    string(out, "company", record.company);
+    string(out, "url", record.url);
+    out.put("events = [");
+    for (index, event) in record.events.iter().enumerate() {
+        if index > 0 {
+            out.put(", ");
+        }
+        quoted(out, event);
+    }
+    out.put("]\n");
+    if !record.description.is_empty() {
+        string(out, "description", record.description);
+    }
+    string(out, "status", record.status);
+    string(out, "scheme", record.scheme);
+    string(out, "secret", record.secret);
+    if let Some(previous) = record.previous_secret {
+        string(out, "previous_secret", previous);
+    }
+    optional(
+        out,
+        "previous_secret_expires_at",
+        &record.previous_secret_expires_at,
+    );
+    optional(out, "created_at", &record.created_at);
+    optional(out, "updated_at", &record.updated_at);
+    count(out, "deliveries_count", record.deliveries_count);
+    optional(out, "last_delivery_at", &record.last_delivery_at);
+    optional(out, "last_delivery_status", &record.last_delivery_status);
+    count(out, "consecutive_failures", record.consecutive_failures);
 }
 
-fn string(out: &mut impl Sink, key: &str, value: &str) {
+fn string(out: &mut dyn Sink, key: &str, value: &str) {
     out.put(key);
     out.put(" = ");
     quoted(out, value);
     out.put("\n");
 }
 
-fn optional(out: &mut impl Sink, key: &str, value: &Option<String>) {
+fn optional(out: &mut dyn Sink, key: &str, value: &Option<Cow<'_, str>>) {
     if let Some(value) = value {
         string(out, key, value);
     }
 }
 
-/// A non-zero integer (zero is the default and left out).
-fn count(out: &mut impl Sink, key: &str, value: u64) {
+/// A non-zero integer (zero is the default and left out). TOML integers are 64-bit signed, so
+/// a count past `i64::MAX` is written as `i64::MAX` (the file must always read back).
+fn count(out: &mut dyn Sink, key: &str, value: u64) {
+    let value = value.min(i64::MAX as u64);
     if value != 0 {
         out.put(key);
         out.put(" = ");
-        out.put(&value.to_string());
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        let mut rest = value;
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        out.put(std::str::from_utf8(&digits[start..]).unwrap_or_default());
         out.put("\n");
     }
 }
 
 /// A TOML basic string: `"` and `\` escaped, control characters as short or `\uXXXX` escapes,
 /// everything else as it is.
-fn quoted(out: &mut impl Sink, value: &str) {
+fn quoted(out: &mut dyn Sink, value: &str) {
     out.put("\"");
     if !value
         .bytes()
@@ -221,6 +368,48 @@ mod tests {
         assert_eq!(text.len(), text.capacity());
         assert!(text.starts_with("# header\n[[webhooks]]\n"));
         assert_eq!(read_back(&text).len(), 50);
+    }
+
+    #[test]
+    fn endpoints_render_as_their_records_do() {
+        let mut records: Vec<EndpointRecord> = (0..20)
+            .map(|i| {
+                let mut r = record(&format!("endpoint \"{i}\""), vec!["*".into()]);
+                r.uuid = uuid::Uuid::new_v4().to_string();
+                r
+            })
+            .collect();
+        records[3].previous_secret = None;
+        records[3].previous_secret_expires_at = None;
+        records[4].created_at = None;
+        records[5].last_delivery_at = None;
+        records[5].last_delivery_status = None;
+        records[5].deliveries_count = 0;
+        records[6].consecutive_failures = u64::MAX;
+        records[7].created_at = Some("2026-02-18T12:00:00+02:00".into());
+        let snapshot =
+            super::super::Snapshot::build(records, None, |i, f| format!("{i}.{f}")).unwrap();
+        snapshot.endpoints[0].stats.record(DeliveryOutcome::Success);
+        let direct = render_endpoints("# h\n", &snapshot.endpoints);
+        let via_records = render("# h\n", &snapshot.records());
+        assert_eq!(*direct, *via_records);
+        assert!(direct.contains("created_at = \"2026-02-18T10:00:00Z\""));
+        assert!(direct.contains(&format!("consecutive_failures = {}\n", i64::MAX)));
+        assert_eq!(read_back(&direct).len(), 20);
+    }
+
+    #[test]
+    fn stack_times_match_the_stored_form() {
+        use time::macros::datetime;
+        for at in [
+            datetime!(2026-02-18 10:00:00 UTC),
+            datetime!(2026-02-18 10:00:00.999 +05:30),
+            datetime!(1970-01-01 00:00:00 UTC),
+            datetime!(9999-12-31 23:59:59 UTC),
+        ] {
+            let mut buf = [0u8; TIME_TEXT_MAX];
+            assert_eq!(time_text(at, &mut buf), format_time(at));
+        }
     }
 
     #[test]
