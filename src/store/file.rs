@@ -10,7 +10,7 @@
 //! else is noticed before the next write builds on it, and hooksign's own writes are told apart
 //! from outside edits.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -88,8 +88,27 @@ impl FileBackend {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = digest;
     }
 
-    fn is_known(&self, text: Option<&str>) -> bool {
-        let digest: Option<[u8; 32]> = text.map(|t| Sha256::digest(t.as_bytes()).into());
+    /// The SHA-256 of the file on disk (`None`: no file), read in blocks: the common case, a
+    /// file hooksign itself wrote, costs no copy of the whole store in memory.
+    fn digest_on_disk(&self) -> io::Result<Option<[u8; 32]>> {
+        let mut file = match std::fs::File::open(&self.path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        let mut hasher = Sha256::new();
+        let mut block = Zeroizing::new([0u8; 64 * 1024]);
+        loop {
+            match file.read(&mut block[..]) {
+                Ok(0) => return Ok(Some(hasher.finalize().into())),
+                Ok(read) => hasher.update(&block[..read]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn is_known(&self, digest: Option<[u8; 32]>) -> bool {
         *self
             .known
             .lock()
@@ -99,8 +118,8 @@ impl FileBackend {
 
     /// Whether the file on disk is what hooksign last read or wrote (the watcher skips those).
     pub fn unchanged(&self) -> bool {
-        match self.read() {
-            Ok(text) => self.is_known(text.as_deref().map(String::as_str)),
+        match self.digest_on_disk() {
+            Ok(digest) => self.is_known(digest),
             Err(_) => false,
         }
     }
@@ -175,11 +194,14 @@ impl Backend for FileBackend {
         previous: &'a Snapshot,
     ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>> {
         Box::pin(async move {
-            let text = self.read()?;
-            if self.is_known(text.as_deref().map(String::as_str)) {
+            let digest = self.digest_on_disk().map_err(|source| LoadError::Read {
+                path: self.path.display().to_string(),
+                source,
+            })?;
+            if self.is_known(digest) {
                 return Ok(None);
             }
-            match text {
+            match self.read()? {
                 // Deleted underneath: the write about to happen recreates it.
                 None => Ok(None),
                 Some(text) => {
