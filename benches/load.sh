@@ -22,8 +22,9 @@
 # (KEEP=1 keeps the temp dir). The proxy not being measured should be idle; its CPU over the
 # other's measured run is recorded and printed, with a warning above 1 % of the run. After each
 # 100,000-endpoint run but the last, the script waits until that instance has used no CPU for
-# 11 s (at most 25 s), so its delivery-record flush (within 10 s of deliveries, ~1.6 s of CPU at
-# 100,000 endpoints) does not land in the next 10-endpoint run.
+# 11 s (at most 25 s), so its delivery-record flush (10 s after start, then every 10 s or 100
+# times the last flush's duration; ~0.2 s of CPU at 100,000 endpoints) does not land in the next
+# 10-endpoint run.
 #
 # Total time at the defaults (DURATION=10 WARMUP=3 ROUNDS=3): 6 x ROUNDS runs of
 # WARMUP + DURATION seconds (234 s), 11 to 25 s of settling per 100,000-endpoint round but the
