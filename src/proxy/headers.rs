@@ -21,12 +21,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if headers.contains_key(header::CONNECTION) {
+        // `Connection: keep-alive` (or `close`), which most servers send on every response,
+        // names nothing beyond the fixed set: it costs no allocation.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|token| !token.eq_ignore_ascii_case("close") && !in_fixed_set(token))
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -51,6 +55,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// when `Connection` itself is present).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || is_proxy_header(name)
+}
+
+/// Whether a `Connection` token names a header of the fixed set (removed anyway).
+fn in_fixed_set(token: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|name| token.eq_ignore_ascii_case(name.as_str()))
 }
 
 fn is_proxy_header(name: &HeaderName) -> bool {
@@ -87,6 +98,27 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["content-type", "x-custom"]);
+    }
+
+    #[test]
+    fn connection_tokens_match_in_any_case() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(" Close , KEEP-ALIVE,X-Hop-Only "),
+        );
+        headers.insert(
+            HeaderName::from_static("keep-alive"),
+            HeaderValue::from_static("timeout=5"),
+        );
+        headers.insert(
+            HeaderName::from_static("x-hop-only"),
+            HeaderValue::from_static("1"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["content-length"]);
     }
 
     #[test]
