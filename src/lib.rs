@@ -184,7 +184,7 @@ impl Listeners {
 pub const RECORD_FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The record flush rewrites the whole store file, so its cost grows with the store (about
-/// 0.5 s at 100,000 endpoints). It waits at least this many times its last duration before the
+/// 0.2 s at 100,000 endpoints). It waits at least this many times its last duration before the
 /// next, keeping it under 1 % of a core whatever the store's size.
 pub const RECORD_FLUSH_COST_RATIO: u32 = 100;
 

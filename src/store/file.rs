@@ -81,7 +81,11 @@ impl FileBackend {
     }
 
     fn remember(&self, text: Option<&str>) {
-        let digest = text.map(|t| Sha256::digest(t.as_bytes()).into());
+        self.set_known(text.map(|t| Sha256::digest(t.as_bytes()).into()));
+    }
+
+    /// Records the digest of what hooksign last read or wrote.
+    fn set_known(&self, digest: Option<[u8; 32]>) {
         *self
             .known
             .lock()
@@ -150,9 +154,7 @@ impl FileBackend {
             }
         }
     }
-}
 
-impl FileBackend {
     /// Renders and writes the store on a blocking thread (rendering a large store and fsync both
     /// block), then remembers what was written.
     fn write_off_runtime(
@@ -164,10 +166,7 @@ impl FileBackend {
             let digest = tokio::task::spawn_blocking(move || write_durably(&path, &render()))
                 .await
                 .map_err(|err| WriteError::Io(io::Error::other(err.to_string())))??;
-            *self
-                .known
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(digest);
+            self.set_known(Some(digest));
             Ok(())
         })
     }
