@@ -26,11 +26,25 @@ struct Etcd {
     peer: u16,
     dir: TempDir,
     child: Option<Child>,
+    /// Serving TLS with this certificate and key (PEM files), on `https://` URLs.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Etcd {
     /// Starts etcd, or `None` (after printing a skip line) when it is not installed.
     fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, None)
+    }
+
+    /// Starts etcd serving its clients over TLS with `pki`'s leaf certificate.
+    fn start_tls(test: &str, pki: &Pki) -> Option<Self> {
+        Self::start_with(
+            test,
+            Some((pki.leaf_path.clone(), pki.leaf_key_path.clone())),
+        )
+    }
+
+    fn start_with(test: &str, tls: Option<(PathBuf, PathBuf)>) -> Option<Self> {
         if !Path::new(ETCD).exists() {
             println!("skipping {test}: {ETCD} is not installed (apt-get install etcd-server)");
             return None;
@@ -40,13 +54,15 @@ impl Etcd {
             peer: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls,
         };
         etcd.run();
         Some(etcd)
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client)
     }
 
     fn run(&mut self) {
@@ -56,7 +72,15 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let child = Command::new(ETCD)
+        let mut command = Command::new(ETCD);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
             .args(["--name", "t", "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.url()])
@@ -441,6 +465,87 @@ async fn concurrent_rotations_through_two_replicas_have_one_winner() {
     for server in &servers {
         assert_signs_with(server, &upstream, &uuid, &secret_of(server, &uuid).unwrap()).await;
     }
+}
+
+/// etcd with TLS and authentication on, as a production fleet runs it: hooksign verifies the
+/// member's certificate against `ca_file`, authenticates, writes and follows; a wrong password or
+/// a missing CA is a clear failure that never shows the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_etcd_is_reached_over_tls_with_credentials() {
+    const PASSWORD: &str = "etcd-root-password-7f3a";
+    let pki = Pki::new();
+    let Some(etcd) = Etcd::start_tls("a_secured_etcd_is_reached_over_tls_with_credentials", &pki)
+    else {
+        return;
+    };
+    let tls = || {
+        etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
+            std::fs::read(&pki.ca_path).unwrap(),
+        ))
+    };
+    let mut setup = etcd_client::Client::connect(
+        [etcd.url()],
+        Some(etcd_client::ConnectOptions::new().with_tls(tls())),
+    )
+    .await
+    .unwrap();
+    setup.user_add("root", PASSWORD, None).await.unwrap();
+    setup.user_grant_role("root", "root").await.unwrap();
+    setup.auth_enable().await.unwrap();
+
+    let secured = |password: &str| {
+        etcd_config(&pki, &etcd, "/secured/")
+            .set("store.etcd", &format!("ca_file = {:?}", pki.ca_path))
+            .set("store.etcd", "username = \"root\"")
+            .set("store.etcd", &format!("password = {password:?}"))
+    };
+    let server = TestServer::start(&secured(PASSWORD), "").await;
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let created = server.create_webhook(&upstream.url("/s"), &["*"]).await;
+    let uuid: Uuid = created["uuid"].as_str().unwrap().parse().unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert_signs_with(&server, &upstream, &uuid, &secret).await;
+
+    // The write is in etcd, readable with the credentials only.
+    let key = format!("/secured/webhooks/{uuid}");
+    let mut reader = etcd_client::Client::connect(
+        [etcd.url()],
+        Some(
+            etcd_client::ConnectOptions::new()
+                .with_tls(tls())
+                .with_user("root", PASSWORD),
+        ),
+    )
+    .await
+    .unwrap();
+    let stored = reader.get(key.as_str(), None).await.unwrap();
+    assert_eq!(stored.kvs().len(), 1);
+    assert!(stored.kvs()[0].value_str().unwrap().contains(&secret));
+    assert!(setup.get(key.as_str(), None).await.is_err(), "auth is on");
+
+    // A rotation made elsewhere reaches the running replica over the authenticated watch.
+    let rotated = rotate(&server, &uuid).await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+    let next = rotated.json()["secret"].as_str().unwrap().to_owned();
+    converge(std::slice::from_ref(&server), &uuid, &next).await;
+
+    // `check` with a wrong password, and without the CA: exit 1, the password never shown.
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = secured("wrong-password-b41c").write(dir.path(), "");
+    let (code, stdout, stderr) = run_binary(&["check", "--config", wrong.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stdout.contains("wrong-password-b41c") && !stderr.contains("wrong-password-b41c"));
+    assert!(stderr.to_lowercase().contains("auth"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let no_ca = etcd_config(&pki, &etcd, "/secured/")
+        .set("store.etcd", "username = \"root\"")
+        .set("store.etcd", &format!("password = {PASSWORD:?}"))
+        .write(dir.path(), "");
+    let (code, stdout, stderr) = run_binary(&["check", "--config", no_ca.to_str().unwrap()], None);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    // Without `ca_file` the platform's roots are used, and the test CA is not among them.
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

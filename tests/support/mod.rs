@@ -41,6 +41,9 @@ pub const COMPANY: &str = "550e8400-e29b-41d4-a716-446655440000";
 pub struct Pki {
     pub dir: TempDir,
     pub ca_path: PathBuf,
+    /// The leaf (localhost, 127.0.0.1) as PEM files, for servers started as processes (etcd).
+    pub leaf_path: PathBuf,
+    pub leaf_key_path: PathBuf,
     pub leaf_der: CertificateDer<'static>,
     pub leaf_key_der: Vec<u8>,
 }
@@ -65,9 +68,15 @@ impl Pki {
         let dir = tempfile::tempdir().unwrap();
         let ca_path = dir.path().join("ca.pem");
         std::fs::write(&ca_path, ca.pem()).unwrap();
+        let leaf_path = dir.path().join("leaf.pem");
+        std::fs::write(&leaf_path, leaf.pem()).unwrap();
+        let leaf_key_path = dir.path().join("leaf.key");
+        std::fs::write(&leaf_key_path, leaf_key.serialize_pem()).unwrap();
         Self {
             dir,
             ca_path,
+            leaf_path,
+            leaf_key_path,
             leaf_der: leaf.der().clone(),
             leaf_key_der: leaf_key.serialize_der(),
         }
