@@ -41,7 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, LogFormat, StoreBackend};
 use crate::egress::{EgressPolicy, Resolve, SystemResolver};
 use crate::metrics::{Metrics, ReloadOutcome};
-use crate::proxy::client::{self, ClientError, UpstreamClient};
+use crate::proxy::client::{self, ClientError};
+use crate::proxy::pool::Upstream;
 use crate::store::etcd::EtcdBackend;
 use crate::store::file::FileBackend;
 use crate::store::{Backend, LoadError, Store};
@@ -56,7 +57,7 @@ pub struct AppState {
     /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
     /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
     pub egress: Arc<EgressPolicy>,
-    pub upstream: UpstreamClient,
+    pub upstream: Upstream,
 }
 
 /// Why hooksign could not run.

@@ -404,10 +404,80 @@ async fn upstream_connections_are_reused() {
         assert_eq!(reply.status, StatusCode::OK);
     }
     assert_eq!(upstream.requests().len(), requests);
-    assert!(
-        upstream.connections() < requests,
-        "{} TCP connections for {requests} requests",
-        upstream.connections()
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one keep-alive connection carries {requests} requests in a row"
+    );
+}
+
+#[tokio::test]
+async fn empty_upstream_bodies_do_not_cost_a_connection() {
+    let options = UpstreamOptions {
+        status: StatusCode::NO_CONTENT,
+        ..Default::default()
+    };
+    let (_pki, upstream, endpoint, server) = setup(base(), options).await;
+    for i in 0..10 {
+        let reply = server
+            .deliver(
+                &[("x-webhook-id", &endpoint.uuid)],
+                format!("{{\"n\":{i}}}"),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    }
+    assert_eq!(upstream.requests().len(), 10);
+    assert_eq!(upstream.connections(), 1, "a 204 puts its connection back");
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closes_are_not_reused() {
+    let options = UpstreamOptions {
+        headers: vec![("connection", "close")],
+        ..Default::default()
+    };
+    let (_pki, upstream, endpoint, server) = setup(base(), options).await;
+    for i in 0..5 {
+        let reply = server
+            .deliver(
+                &[("x-webhook-id", &endpoint.uuid)],
+                format!("{{\"n\":{i}}}"),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(upstream.requests().len(), 5, "each delivery sent once");
+    assert_eq!(upstream.connections(), 5);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    use hooksign::proxy::pool::IDLE_TIMEOUT;
+    use std::time::Instant;
+    let (_pki, upstream, endpoint, server) = setup(base(), UpstreamOptions::default()).await;
+    let headers = [("x-webhook-id", endpoint.uuid.as_str())];
+    let deliver = || server.deliver(&headers, "{}");
+    assert_eq!(deliver().await.status, StatusCode::OK);
+    let pool = &server.state.upstream;
+    assert_eq!(
+        pool.drop_stale(Instant::now()),
+        1,
+        "a fresh idle connection is kept"
+    );
+    assert_eq!(deliver().await.status, StatusCode::OK);
+    assert_eq!(upstream.connections(), 1);
+
+    assert_eq!(
+        pool.drop_stale(Instant::now() + IDLE_TIMEOUT),
+        0,
+        "past the timeout it is closed"
+    );
+    assert_eq!(deliver().await.status, StatusCode::OK);
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the next delivery opens a new connection"
     );
 }
 

@@ -1,30 +1,23 @@
-//! The upstream client: pooled HTTP/1.1 keep-alive and HTTP/2 (by ALPN) over rustls, trusting
-//! the platform's roots plus `[egress] ca_file`. TCP connections come from the egress guard's
-//! [`GuardedConnector`], which resolves, classifies and dials the checked address; rustls on top
-//! verifies the certificate against the URL's hostname.
+//! The upstream client: the [`Upstream`] pool over rustls (HTTP/1.1 keep-alive, HTTP/2 by ALPN),
+//! trusting the platform's roots plus `[egress] ca_file`. TCP connections come from the egress
+//! guard's [`GuardedConnector`], which resolves, classifies and dials the checked address; rustls
+//! on top verifies the certificate against the URL's hostname.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_rustls::HttpsConnectorBuilder;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::body::ChunkBody;
+use super::pool::{Upstream, IDLE_TIMEOUT};
 use crate::config::EgressConfig;
 use crate::egress::{EgressPolicy, GuardedConnector};
 
-/// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a TCP connect to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The pooled client every delivery goes through.
-pub type UpstreamClient = Client<HttpsConnector<GuardedConnector>, ChunkBody>;
 
 /// Why the TLS client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -50,10 +43,7 @@ pub enum ClientError {
 }
 
 /// Builds the pooled upstream client; every connection it opens passes `policy`.
-pub fn build(
-    egress: &EgressConfig,
-    policy: Arc<EgressPolicy>,
-) -> Result<UpstreamClient, ClientError> {
+pub fn build(egress: &EgressConfig, policy: Arc<EgressPolicy>) -> Result<Upstream, ClientError> {
     let tls = tls_config(egress)?;
     let guarded = GuardedConnector::new(policy, CONNECT_TIMEOUT);
     let https = HttpsConnectorBuilder::new()
@@ -62,11 +52,7 @@ pub fn build(
         .enable_http1()
         .enable_http2()
         .wrap_connector(guarded);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https))
+    Ok(Upstream::new(https, IDLE_TIMEOUT))
 }
 
 /// The rustls client configuration: platform roots plus the configured CA file.

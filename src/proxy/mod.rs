@@ -9,6 +9,7 @@
 mod body;
 pub mod client;
 mod headers;
+pub mod pool;
 
 use std::convert::Infallible;
 use std::io;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 
 pub use body::ChunkBody;
 pub use headers::strip_hop_by_hop;
+pub use pool::UpstreamBody;
 
 use crate::egress::{self, DenyReason};
 use crate::signing::{BodySigner, Delivery, MessageId};
@@ -50,7 +52,7 @@ pub const X_HOOKSIGN_ERROR: HeaderName = HeaderName::from_static("x-hooksign-err
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the proxy answers: the upstream's streamed body, or hooksign's own JSON.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// How a proxy request ended. The label of `hooksign_deliveries_total`, and for refusals the
 /// `X-Hooksign-Error` code.
@@ -176,6 +178,10 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     // Fired when the grace is over: every connection task still running drops its connection.
     let cut = CancellationToken::new();
+    let reaper = tokio::spawn({
+        let state = Arc::clone(&state);
+        async move { state.upstream.close_idle_connections().await }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -229,6 +235,7 @@ pub async fn serve(
             tracing::warn!(cut = remaining, grace = ?grace, "shutdown grace elapsed; cut {remaining} proxy connection(s) still open");
         }
     }
+    reaper.abort();
     Ok(())
 }
 
@@ -356,7 +363,7 @@ pub async fn forward(
     chunks: Vec<Bytes>,
     len: u64,
     signer: BodySigner,
-) -> Result<Response<Incoming>, Refused> {
+) -> Result<Response<UpstreamBody>, Refused> {
     let uuid = endpoint.uuid;
     if endpoint.target.scheme_str() == Some("http") && !state.config.egress.allow_http {
         state.metrics.egress_refused(DenyReason::Scheme);
@@ -374,10 +381,13 @@ pub async fn forward(
     *upstream_request.uri_mut() = endpoint.target.clone();
     *upstream_request.headers_mut() = headers;
 
+    let origin = endpoint
+        .origin
+        .get_or_init(|| state.upstream.origin(&endpoint.target));
     let started = Instant::now();
     let sent = tokio::time::timeout(
         state.config.proxy.upstream_timeout,
-        state.upstream.request(upstream_request),
+        state.upstream.send(origin, upstream_request),
     )
     .await;
     let elapsed = started.elapsed();

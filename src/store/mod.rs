@@ -29,7 +29,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
+use crate::proxy::pool::Origin;
 use crate::secret::{RandomError, Secret};
 use crate::signing::{EndpointSigner, Scheme, UnknownScheme};
 
@@ -480,6 +481,9 @@ pub struct Endpoint {
     pub signer: EndpointSigner,
     pub created_at: Option<OffsetDateTime>,
     pub updated_at: Option<OffsetDateTime>,
+    /// The upstream connection pool of this endpoint's origin, found on its first delivery in
+    /// this snapshot (so the delivery path looks nothing up).
+    pub origin: OnceLock<Arc<Origin>>,
 }
 
 impl Endpoint {
@@ -601,6 +605,7 @@ impl Endpoint {
             created_at,
             updated_at,
             stats,
+            origin: OnceLock::new(),
         })
     }
 

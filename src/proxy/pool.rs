@@ -1,0 +1,394 @@
+//! The upstream connection pool: per origin (scheme, host, port), idle HTTP/1.1 connections in
+//! a lock-free queue, and one shared HTTP/2 connection when the upstream's ALPN picks `h2`.
+//!
+//! The delivery path takes no lock and looks nothing up: an endpoint finds its [`Origin`] in a
+//! slot filled on its first delivery in a snapshot (the only time the origin registry's mutex is
+//! taken), pops an idle connection, sends, and the response body puts the connection back once
+//! it has been read to the end (a body dropped half-read closes its connection). The `Host`
+//! header is built once per origin. A request a pooled connection could not start (the upstream
+//! closed it while it was idle) goes to the next idle connection, then to a new one; a request
+//! that was started is never sent twice. Connections idle for [`IDLE_TIMEOUT`] are closed by
+//! [`Upstream::close_idle_connections`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::SegQueue;
+use http::uri::{Authority, Parts, PathAndQuery, Scheme};
+use http::{header, HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::Connection;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use super::body::ChunkBody;
+use crate::egress::GuardedConnector;
+
+/// How long an idle upstream connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a request did not get a response from its upstream. The cause chain keeps the egress
+/// guard's denial and rustls' error, so the proxy can tell the refusal codes apart.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to the upstream")]
+    Connect(#[source] BoxError),
+    #[error("HTTP handshake with the upstream")]
+    Handshake(#[source] hyper::Error),
+    #[error("sending the request upstream")]
+    Request(#[source] hyper::Error),
+}
+
+/// The pooled upstream client every delivery goes through.
+pub struct Upstream {
+    connector: HttpsConnector<GuardedConnector>,
+    idle_timeout: Duration,
+    /// Every origin in use, for [`Upstream::origin`] and the idle-connection reaper.
+    origins: Mutex<HashMap<(Scheme, Authority), Weak<Origin>>>,
+}
+
+/// One origin's connections.
+pub struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+    /// `scheme://authority/`: what the connector dials.
+    connect_to: Uri,
+    /// The `Host` header of HTTP/1.1 requests: the host, and the port when not the default.
+    host: HeaderValue,
+    idle: SegQueue<Idle>,
+    /// The HTTP/2 connection every request shares, once the upstream negotiated `h2`.
+    shared_h2: ArcSwapOption<http2::SendRequest<ChunkBody>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<ChunkBody>,
+    since: Instant,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Origin")
+            .field("scheme", &self.scheme)
+            .field("authority", &self.authority)
+            .field("idle", &self.idle.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// A pool dialling through `connector`, closing connections idle for `idle_timeout`.
+    pub fn new(connector: HttpsConnector<GuardedConnector>, idle_timeout: Duration) -> Self {
+        Self {
+            connector,
+            idle_timeout,
+            origins: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The origin of `target` (an absolute `http`/`https` URL), shared by every endpoint with
+    /// the same scheme, host and port. Takes the registry's lock: called once per endpoint and
+    /// snapshot (see `Endpoint::origin`), never per request.
+    pub fn origin(&self, target: &Uri) -> Arc<Origin> {
+        let scheme = target.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = target
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (scheme, authority);
+        if let Some(origin) = origins.get(&key).and_then(Weak::upgrade) {
+            return origin;
+        }
+        let origin = Arc::new(Origin::new(key.0.clone(), key.1.clone()));
+        origins.insert(key, Arc::downgrade(&origin));
+        origin
+    }
+
+    /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
+    /// connection, else an idle HTTP/1.1 one, else a new connection.
+    pub async fn send(
+        &self,
+        origin: &Arc<Origin>,
+        mut request: Request<ChunkBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        if let Some(shared) = origin.shared_h2.load_full() {
+            let mut sender = (*shared).clone();
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(response.map(UpstreamBody::unpooled)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => {
+                        origin.forget_h2(&shared);
+                        request = unsent;
+                    }
+                    None => return Err(UpstreamError::Request(err.into_error())),
+                },
+            }
+        }
+
+        to_http1_form(&mut request, origin);
+        while let Some(Idle { mut sender, .. }) = origin.idle.pop() {
+            if sender.ready().await.is_err() {
+                continue; // closed while idle
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok(UpstreamBody::pooled(response, sender, origin)),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(UpstreamError::Request(err.into_error())),
+                },
+            }
+        }
+
+        let io = self
+            .connector
+            .clone()
+            .call(origin.connect_to.clone())
+            .await
+            .map_err(UpstreamError::Connect)?;
+        if io.connected().is_negotiated_h2() {
+            let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(UpstreamError::Handshake)?;
+            drive(connection, "HTTP/2");
+            origin.shared_h2.store(Some(Arc::new(sender.clone())));
+            to_http2_form(&mut request, origin);
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(UpstreamError::Request)?;
+            return Ok(response.map(UpstreamBody::unpooled));
+        }
+        let (mut sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Handshake)?;
+        drive(connection, "HTTP/1.1");
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(UpstreamError::Request)?;
+        Ok(UpstreamBody::pooled(response, sender, origin))
+    }
+
+    /// Closes, every third of the idle timeout, the connections idle for longer than it (and
+    /// those the upstream closed), and forgets origins no endpoint uses any more. Runs forever.
+    pub async fn close_idle_connections(&self) {
+        let mut tick = tokio::time::interval(self.idle_timeout / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.drop_stale(Instant::now());
+        }
+    }
+
+    /// One pass of the reaper; returns how many idle connections are kept.
+    pub fn drop_stale(&self, now: Instant) -> usize {
+        let mut kept = 0;
+        let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
+        origins.retain(|_, origin| match origin.upgrade() {
+            Some(origin) => {
+                kept += origin.drop_stale(now, self.idle_timeout);
+                true
+            }
+            None => false,
+        });
+        kept
+    }
+}
+
+impl Origin {
+    fn new(scheme: Scheme, authority: Authority) -> Self {
+        let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
+        let host = match authority.port_u16() {
+            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            _ => HeaderValue::from_str(authority.host()),
+        }
+        .expect("a URI authority is a valid header value");
+        let connect_to = Uri::from_parts({
+            let mut parts = Parts::default();
+            parts.scheme = Some(scheme.clone());
+            parts.authority = Some(authority.clone());
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            parts
+        })
+        .expect("scheme, authority and / make a URI");
+        Self {
+            scheme,
+            authority,
+            connect_to,
+            host,
+            idle: SegQueue::new(),
+            shared_h2: ArcSwapOption::empty(),
+        }
+    }
+
+    /// How many HTTP/1.1 connections wait idle for this origin.
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
+    }
+
+    fn forget_h2(&self, closed: &Arc<http2::SendRequest<ChunkBody>>) {
+        self.shared_h2
+            .compare_and_swap(closed, None::<Arc<http2::SendRequest<ChunkBody>>>);
+    }
+
+    fn drop_stale(&self, now: Instant, idle_timeout: Duration) -> usize {
+        if let Some(shared) = self.shared_h2.load_full() {
+            if shared.is_closed() {
+                self.forget_h2(&shared);
+            }
+        }
+        let mut kept = 0;
+        // Each entry is looked at once; connections released meanwhile go to the back.
+        for _ in 0..self.idle.len() {
+            let Some(idle) = self.idle.pop() else { break };
+            if !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout
+            {
+                self.idle.push(idle);
+                kept += 1;
+            }
+        }
+        kept
+    }
+}
+
+/// Runs a connection's I/O in its own task until the connection ends.
+fn drive<C>(connection: C, version: &'static str)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, version, "upstream connection ended with an error");
+        }
+    });
+}
+
+/// HTTP/1.1 requests carry the path alone and a `Host` header.
+fn to_http1_form(request: &mut Request<ChunkBody>, origin: &Origin) {
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *request.uri_mut() = Uri::from(path);
+    request
+        .headers_mut()
+        .insert(header::HOST, origin.host.clone());
+}
+
+/// HTTP/2 requests carry the absolute URI (`:scheme`, `:authority`, `:path`), no `Host`.
+fn to_http2_form(request: &mut Request<ChunkBody>, origin: &Origin) {
+    let mut parts = Parts::default();
+    parts.scheme = Some(origin.scheme.clone());
+    parts.authority = Some(origin.authority.clone());
+    parts.path_and_query = Some(
+        request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    *request.uri_mut() = Uri::from_parts(parts).expect("scheme, authority and path make a URI");
+    request.headers_mut().remove(header::HOST);
+}
+
+/// An upstream response body. On an HTTP/1.1 connection, the connection goes back to its
+/// origin's idle queue once the body has been read to the end.
+pub struct UpstreamBody {
+    inner: Incoming,
+    reusable: Option<(http1::SendRequest<ChunkBody>, Arc<Origin>)>,
+}
+
+impl UpstreamBody {
+    fn unpooled(inner: Incoming) -> Self {
+        Self {
+            inner,
+            reusable: None,
+        }
+    }
+
+    fn pooled(
+        response: Response<Incoming>,
+        sender: http1::SendRequest<ChunkBody>,
+        origin: &Arc<Origin>,
+    ) -> Response<Self> {
+        response.map(|inner| {
+            let mut body = Self {
+                inner,
+                reusable: Some((sender, Arc::clone(origin))),
+            };
+            // An empty body (204, 304, `Content-Length: 0`) may never be polled.
+            if body.inner.is_end_stream() {
+                body.release();
+            }
+            body
+        })
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, origin)) = self.reusable.take() {
+            origin.idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBody")
+            .field("pooled", &self.reusable.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.reusable = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
