@@ -158,6 +158,17 @@ impl Upstream {
             }
         }
 
+        // Opening a connection (DNS, TCP, TLS) is a large future: boxed, so the pooled path's
+        // future stays small and cheap to move.
+        Box::pin(self.connect_and_send(origin, request)).await
+    }
+
+    /// Opens a connection to `origin` and sends `request` (in HTTP/1.1 form) on it.
+    async fn connect_and_send(
+        &self,
+        origin: &Arc<Origin>,
+        mut request: Request<ChunkBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let io = self
             .connector
             .clone()
