@@ -108,6 +108,30 @@ async fn oversized_chunked_bodies_are_refused_while_streaming() {
     assert!(upstream.requests().is_empty());
 }
 
+#[tokio::test]
+async fn chunked_bodies_go_upstream_whole_with_their_length() {
+    let (_pki, upstream, endpoint, server) = setup(base(), UpstreamOptions::default()).await;
+    let chunks = vec![vec![b'a'; 600], vec![b'b'; 7], vec![b'c'; 3000]];
+    let whole: Vec<u8> = chunks.concat();
+    let request = http::Request::post(format!("http://{}/", server.proxy))
+        .header("x-webhook-id", &endpoint.uuid)
+        .body(tokio_stream_body(chunks))
+        .unwrap();
+    assert!(request.headers().get("content-length").is_none());
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = upstream.requests().pop().unwrap();
+    assert!(seen.body == whole, "the chunks arrive in order, whole");
+    assert_eq!(seen.headers["content-length"], whole.len().to_string());
+    assert!(seen.headers.get("transfer-encoding").is_none());
+    assert_eq!(
+        seen.headers["x-storno-signature"],
+        reference_hmac_hex(endpoint.secret.as_bytes(), &whole)
+    );
+}
+
 /// A streamed body with no declared length (sent chunked).
 struct Chunked(std::vec::IntoIter<Vec<u8>>);
 

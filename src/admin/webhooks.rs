@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{AdminError, ApiJson};
 use crate::config::Permission;
-use crate::proxy;
+use crate::proxy::{self, ChunkBody};
 use crate::secret::Secret;
 use crate::signing::{Delivery, Scheme};
 use crate::store::{self, now_text, Endpoint, EndpointRecord, RotateError, Status};
@@ -492,15 +492,13 @@ pub async fn test(
         proxy::X_WEBHOOK_EVENT,
         HeaderValue::from_static("webhook.test"),
     );
-    let len = body.len() as u64;
     let started = Instant::now();
     let sent = proxy::forward(
         &state,
         endpoint,
         Method::POST,
         headers,
-        vec![body],
-        len,
+        ChunkBody::full(body),
         signer,
     )
     .await;

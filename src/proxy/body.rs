@@ -7,26 +7,41 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
-/// The received body, chunk by chunk.
+/// The received body, chunk by chunk. The first chunk is held apart, so a body that arrived
+/// in one piece (the usual case up to a few KiB) costs no vector.
 #[derive(Debug, Default)]
 pub struct ChunkBody {
-    chunks: std::vec::IntoIter<Bytes>,
+    first: Option<Bytes>,
+    rest: std::collections::VecDeque<Bytes>,
     remaining: u64,
 }
 
 impl ChunkBody {
-    /// A body of `chunks`, `len` bytes in all.
-    pub fn new(chunks: Vec<Bytes>, len: u64) -> Self {
-        Self {
-            chunks: chunks.into_iter(),
-            remaining: len,
+    /// A body of one chunk.
+    pub fn full(bytes: Bytes) -> Self {
+        let mut body = Self::default();
+        body.push(bytes);
+        body
+    }
+
+    /// Appends a received chunk.
+    pub fn push(&mut self, chunk: Bytes) {
+        self.remaining += chunk.len() as u64;
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
         }
     }
 
-    /// A body of one chunk.
-    pub fn full(bytes: Bytes) -> Self {
-        let len = bytes.len() as u64;
-        Self::new(vec![bytes], len)
+    /// The length in bytes not yet yielded.
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+
+    /// No bytes left to yield.
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
     }
 }
 
@@ -38,13 +53,14 @@ impl Body for ChunkBody {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.chunks.next() {
-            Some(chunk) => {
-                self.remaining -= chunk.len() as u64;
-                Poll::Ready(Some(Ok(Frame::data(chunk))))
-            }
-            None => Poll::Ready(None),
-        }
+        let next = match self.first.take() {
+            Some(chunk) => Some(chunk),
+            None => self.rest.pop_front(),
+        };
+        Poll::Ready(next.map(|chunk| {
+            self.remaining -= chunk.len() as u64;
+            Ok(Frame::data(chunk))
+        }))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -64,14 +80,15 @@ mod tests {
 
     #[tokio::test]
     async fn yields_the_chunks_in_order_with_an_exact_size() {
-        let body = ChunkBody::new(
-            vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")],
-            5,
-        );
-        assert_eq!(body.size_hint().exact(), Some(5));
+        let mut body = ChunkBody::default();
+        for chunk in ["ab", "", "cde", "f"] {
+            body.push(Bytes::from_static(chunk.as_bytes()));
+        }
+        assert_eq!(body.size_hint().exact(), Some(6));
+        assert_eq!(body.len(), 6);
         assert!(!body.is_end_stream());
         let collected = body.collect().await.unwrap().to_bytes();
-        assert_eq!(&collected[..], b"abcde");
+        assert_eq!(&collected[..], b"abcdef");
         assert!(ChunkBody::default().is_end_stream());
     }
 }

@@ -322,7 +322,7 @@ async fn deliver(
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(state.refuse(Outcome::BodyTooLarge, Some(&uuid)));
     }
-    let (chunks, len, signer) = tokio::time::timeout(
+    let (body, signer) = tokio::time::timeout(
         state.config.proxy.body_read_timeout,
         read_body(body, limit, endpoint.signer.begin(&delivery)),
     )
@@ -331,16 +331,7 @@ async fn deliver(
     .and_then(|read| read)
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
 
-    let sent = forward(
-        state,
-        &endpoint,
-        parts.method,
-        parts.headers,
-        chunks,
-        len,
-        signer,
-    )
-    .await;
+    let sent = forward(state, &endpoint, parts.method, parts.headers, body, signer).await;
     let recorded = match &sent {
         Ok(response) if response.status().is_success() => DeliveryOutcome::Success,
         _ => DeliveryOutcome::Failed,
@@ -360,8 +351,7 @@ pub async fn forward(
     endpoint: &Endpoint,
     method: Method,
     mut headers: HeaderMap,
-    chunks: Vec<Bytes>,
-    len: u64,
+    body: ChunkBody,
     signer: BodySigner,
 ) -> Result<Response<UpstreamBody>, Refused> {
     let uuid = endpoint.uuid;
@@ -374,9 +364,12 @@ pub async fn forward(
     headers.remove(header::EXPECT);
     headers.remove(&X_WEBHOOK_ID);
     signer.finish(&state.config.signing.header, &mut headers);
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    // The application's own `Content-Length` is kept when it is exact (no new header value).
+    if declared_length(&headers) != Some(body.len()) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
 
-    let mut upstream_request = Request::new(ChunkBody::new(chunks, len));
+    let mut upstream_request = Request::new(body);
     *upstream_request.method_mut() = method;
     *upstream_request.uri_mut() = endpoint.target.clone();
     *upstream_request.headers_mut() = headers;
@@ -470,8 +463,8 @@ async fn read_body(
     mut body: Incoming,
     limit: u64,
     mut signer: BodySigner,
-) -> Result<(Vec<Bytes>, u64, BodySigner), Outcome> {
-    let mut chunks = Vec::new();
+) -> Result<(ChunkBody, BodySigner), Outcome> {
+    let mut chunks = ChunkBody::default();
     let mut len: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Outcome::BodyReadFailed)?;
@@ -486,7 +479,7 @@ async fn read_body(
             }
         }
     }
-    Ok((chunks, len, signer))
+    Ok((chunks, signer))
 }
 
 fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
