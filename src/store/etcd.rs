@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
@@ -349,10 +349,10 @@ impl State {
 impl Backend for EtcdBackend {
     /// Reads the whole prefix and makes it this replica's view. At start-up (`previous` is
     /// `None`) any bad key fails the load; on a resync a bad key keeps its last good record.
-    fn load<'a>(
-        &'a self,
-        previous: Option<&'a Snapshot>,
-    ) -> BackendFuture<'a, Result<Snapshot, LoadError>> {
+    fn load(
+        &self,
+        previous: Option<Arc<Snapshot>>,
+    ) -> BackendFuture<'_, Result<Snapshot, LoadError>> {
         Box::pin(async move {
             let (revision, read) = self.read_all().await?;
             let mut problems = Vec::new();
@@ -365,9 +365,9 @@ impl Backend for EtcdBackend {
                             .key
                             .strip_prefix(&self.keys)
                             .and_then(|uuid| uuid.parse().ok())
-                            .and_then(|uuid| previous?.get(&uuid))
+                            .and_then(|uuid| previous.as_ref()?.get(&uuid))
                             .map(|endpoint| stripped(&endpoint.record_now()));
-                        match (previous, kept) {
+                        match (&previous, kept) {
                             (Some(_), kept) => {
                                 tracing::error!(key = %key.key, problem = %why, "etcd value rejected; keeping the endpoint's last good record");
                                 match kept {
@@ -394,9 +394,13 @@ impl Backend for EtcdBackend {
                 return Err(self.invalid(problems));
             }
             let next = State { revision, entries };
-            let snapshot = Snapshot::build(next.records(), previous, |index, field| {
-                format!("[{index}].{field}")
+            let records = next.records();
+            let snapshot = super::off_runtime(move || {
+                Snapshot::build(records, previous.as_deref(), |index, field| {
+                    format!("[{index}].{field}")
+                })
             })
+            .await
             .map_err(|problems| self.invalid(problems))?;
             *self.state() = next;
             Ok(snapshot)
@@ -405,10 +409,10 @@ impl Backend for EtcdBackend {
 
     /// The watch keeps the snapshot current; a write that raced another replica's is caught by
     /// its transaction instead.
-    fn load_if_changed<'a>(
-        &'a self,
-        _previous: &'a Snapshot,
-    ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>> {
+    fn load_if_changed(
+        &self,
+        _previous: Arc<Snapshot>,
+    ) -> BackendFuture<'_, Result<Option<Snapshot>, LoadError>> {
         Box::pin(async { Ok(None) })
     }
 

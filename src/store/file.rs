@@ -70,13 +70,33 @@ impl FileBackend {
     }
 
     fn read(&self) -> Result<Option<Zeroizing<String>>, LoadError> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Ok(Some(Zeroizing::new(text))),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoadError::Read {
-                path: self.path.display().to_string(),
-                source,
-            }),
+        read_text(&self.path)
+    }
+
+    /// Reads and parses the file on the blocking pool (see [`super::off_runtime`]), then
+    /// remembers what was read. A missing file is `Ok(None)`.
+    async fn load_off_runtime(
+        &self,
+        previous: Option<Arc<Snapshot>>,
+    ) -> Result<Option<Snapshot>, LoadError> {
+        let path = self.path.clone();
+        let loaded = super::off_runtime(move || {
+            let Some(text) = read_text(&path)? else {
+                return Ok(None);
+            };
+            let snapshot = parse_store(&text, &path.display().to_string(), previous.as_deref())?;
+            Ok::<_, LoadError>(Some((text, snapshot)))
+        })
+        .await?;
+        match loaded {
+            None => {
+                self.remember(None);
+                Ok(None)
+            }
+            Some((text, snapshot)) => {
+                self.remember(Some(&text));
+                Ok(Some(snapshot))
+            }
         }
     }
 
@@ -95,21 +115,7 @@ impl FileBackend {
     /// The SHA-256 of the file on disk (`None`: no file), read in blocks: the common case, a
     /// file hooksign itself wrote, costs no copy of the whole store in memory.
     fn digest_on_disk(&self) -> io::Result<Option<[u8; 32]>> {
-        let mut file = match std::fs::File::open(&self.path) {
-            Ok(file) => file,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(err),
-        };
-        let mut hasher = Sha256::new();
-        let mut block = Zeroizing::new([0u8; 64 * 1024]);
-        loop {
-            match file.read(&mut block[..]) {
-                Ok(0) => return Ok(Some(hasher.finalize().into())),
-                Ok(read) => hasher.update(&block[..read]),
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+        digest_of(&self.path)
     }
 
     fn is_known(&self, digest: Option<[u8; 32]>) -> bool {
@@ -173,12 +179,12 @@ impl FileBackend {
 }
 
 impl Backend for FileBackend {
-    fn load<'a>(
-        &'a self,
-        previous: Option<&'a Snapshot>,
-    ) -> BackendFuture<'a, Result<Snapshot, LoadError>> {
+    fn load(
+        &self,
+        previous: Option<Arc<Snapshot>>,
+    ) -> BackendFuture<'_, Result<Snapshot, LoadError>> {
         Box::pin(async move {
-            match self.load_carrying(previous)? {
+            match self.load_off_runtime(previous).await? {
                 Some(snapshot) => Ok(snapshot),
                 None => {
                     tracing::warn!(path = %self.path.display(), "store file does not exist; serving an empty store");
@@ -188,28 +194,23 @@ impl Backend for FileBackend {
         })
     }
 
-    fn load_if_changed<'a>(
-        &'a self,
-        previous: &'a Snapshot,
-    ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>> {
+    fn load_if_changed(
+        &self,
+        previous: Arc<Snapshot>,
+    ) -> BackendFuture<'_, Result<Option<Snapshot>, LoadError>> {
         Box::pin(async move {
-            let digest = self.digest_on_disk().map_err(|source| LoadError::Read {
-                path: self.path.display().to_string(),
-                source,
-            })?;
+            let path = self.path.clone();
+            let digest = super::off_runtime(move || digest_of(&path))
+                .await
+                .map_err(|source| LoadError::Read {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
             if self.is_known(digest) {
                 return Ok(None);
             }
-            match self.read()? {
-                // Deleted underneath: the write about to happen recreates it.
-                None => Ok(None),
-                Some(text) => {
-                    let snapshot =
-                        parse_store(&text, &self.path.display().to_string(), Some(previous))?;
-                    self.remember(Some(&text));
-                    Ok(Some(snapshot))
-                }
-            }
+            // `None`: deleted underneath; the write about to happen recreates it.
+            self.load_off_runtime(Some(previous)).await
         })
     }
 
@@ -262,6 +263,38 @@ fn classify_write_error(err: io::Error) -> WriteError {
             WriteError::ReadOnly(err.to_string())
         }
         _ => WriteError::Io(err),
+    }
+}
+
+/// The SHA-256 of the file at `path` (`None`: no file), read in blocks: the common case, a file
+/// hooksign itself wrote, costs no copy of the whole store in memory.
+fn digest_of(path: &Path) -> io::Result<Option<[u8; 32]>> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut hasher = Sha256::new();
+    let mut block = Zeroizing::new([0u8; 64 * 1024]);
+    loop {
+        match file.read(&mut block[..]) {
+            Ok(0) => return Ok(Some(hasher.finalize().into())),
+            Ok(read) => hasher.update(&block[..read]),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The store file's text (`None`: no file).
+fn read_text(path: &Path) -> Result<Option<Zeroizing<String>>, LoadError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(Zeroizing::new(text))),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(LoadError::Read {
+            path: path.display().to_string(),
+            source,
+        }),
     }
 }
 

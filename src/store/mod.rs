@@ -59,6 +59,18 @@ pub struct Store {
     write_lock: tokio::sync::Mutex<()>,
 }
 
+/// Runs `work` (reading, parsing, validating and keying a whole store: 0.7 s at 100,000
+/// endpoints) on tokio's blocking pool. The runtime keeps serving deliveries meanwhile (with one
+/// worker thread it would otherwise stall), and the snapshot's memory comes from that thread's
+/// allocator arena rather than the one the delivery path allocates from: with glibc, a 100 MiB
+/// store in the runtime thread's arena made each delivery's allocations measurably slower.
+pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 /// A future a backend returns.
 pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -66,17 +78,17 @@ pub type BackendFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// backend of SPEC section 9 implements the same trait.
 pub trait Backend: Send + Sync + fmt::Debug {
     /// Reads every record and builds a snapshot (carrying `previous`'s delivery records).
-    fn load<'a>(
-        &'a self,
-        previous: Option<&'a Snapshot>,
-    ) -> BackendFuture<'a, Result<Snapshot, LoadError>>;
+    fn load(
+        &self,
+        previous: Option<Arc<Snapshot>>,
+    ) -> BackendFuture<'_, Result<Snapshot, LoadError>>;
 
     /// The store as it is now if it changed since this process last loaded or wrote it (someone
     /// else edited it), else `None`.
-    fn load_if_changed<'a>(
-        &'a self,
-        previous: &'a Snapshot,
-    ) -> BackendFuture<'a, Result<Option<Snapshot>, LoadError>>;
+    fn load_if_changed(
+        &self,
+        previous: Arc<Snapshot>,
+    ) -> BackendFuture<'_, Result<Option<Snapshot>, LoadError>>;
 
     /// Makes `records` the whole store, durably, before returning.
     fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>>;
@@ -196,10 +208,16 @@ impl Store {
         let current = self.with_outside_edits().await?;
         let mut records = current.records();
         let outcome = change(&mut records)?;
-        let next = Snapshot::build(records.clone(), Some(&current), |index, field| {
-            format!("webhooks[{index}].{field}")
-        })
-        .map_err(WriteError::Invalid)?;
+        let next = {
+            let (records, current) = (records.clone(), Arc::clone(&current));
+            off_runtime(move || {
+                Snapshot::build(records, Some(&current), |index, field| {
+                    format!("webhooks[{index}].{field}")
+                })
+            })
+            .await
+            .map_err(WriteError::Invalid)?
+        };
         self.backend.persist(records).await?;
         self.replace(next);
         Ok(outcome)
@@ -209,7 +227,7 @@ impl Store {
     /// someone else changed the backend since hooksign last read or wrote it, that content,
     /// loaded and swapped in first. A change that does not load refuses the write.
     async fn with_outside_edits(&self) -> Result<Arc<Snapshot>, WriteError> {
-        match self.backend.load_if_changed(&self.snapshot()).await {
+        match self.backend.load_if_changed(self.snapshot()).await {
             Ok(Some(fresh)) => {
                 tracing::info!("store changed outside hooksign; building on the new content");
                 self.replace(fresh);
@@ -224,7 +242,7 @@ impl Store {
     /// hooksign's own writes are not reloaded); the endpoint count when it swapped a new snapshot.
     pub async fn reload_if_changed(&self) -> Result<Option<usize>, LoadError> {
         let _writing = self.write_lock.lock().await;
-        match self.backend.load_if_changed(&self.snapshot()).await? {
+        match self.backend.load_if_changed(self.snapshot()).await? {
             Some(next) => {
                 let count = next.len();
                 self.replace(next);
@@ -238,7 +256,7 @@ impl Store {
     /// service stays.
     pub async fn reload(&self) -> Result<usize, LoadError> {
         let _writing = self.write_lock.lock().await;
-        let next = self.backend.load(Some(&self.snapshot())).await?;
+        let next = self.backend.load(Some(self.snapshot())).await?;
         let count = next.len();
         self.replace(next);
         Ok(count)
