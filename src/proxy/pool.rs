@@ -54,8 +54,9 @@ pub enum UpstreamError {
 pub struct Upstream {
     connector: HttpsConnector<GuardedConnector>,
     idle_timeout: Duration,
-    /// Every origin in use, for [`Upstream::origin`] and the idle-connection reaper.
-    origins: Mutex<HashMap<(Scheme, Authority), Weak<Origin>>>,
+    /// Every origin in use, by scheme, lowercase host and port (the default port spelled out
+    /// or not is one origin), for [`Upstream::origin`] and the idle-connection reaper.
+    origins: Mutex<HashMap<(Scheme, String, u16), Weak<Origin>>>,
 }
 
 /// One origin's connections.
@@ -113,12 +114,13 @@ impl Upstream {
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("localhost"));
+        let port = authority.port_u16().unwrap_or(default_port(&scheme));
+        let key = (scheme.clone(), authority.host().to_ascii_lowercase(), port);
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = (scheme, authority);
         if let Some(origin) = origins.get(&key).and_then(Weak::upgrade) {
             return origin;
         }
-        let origin = Arc::new(Origin::new(key.0.clone(), key.1.clone()));
+        let origin = Arc::new(Origin::new(scheme, authority));
         origins.insert(key, Arc::downgrade(&origin));
         origin
     }
@@ -230,9 +232,10 @@ impl Upstream {
 
 impl Origin {
     fn new(scheme: Scheme, authority: Authority) -> Self {
-        let default_port = if scheme == Scheme::HTTP { 80 } else { 443 };
         let host = match authority.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            Some(port) if port != default_port(&scheme) => {
+                HeaderValue::from_str(authority.as_str())
+            }
             _ => HeaderValue::from_str(authority.host()),
         }
         .expect("a URI authority is a valid header value");
@@ -281,6 +284,14 @@ impl Origin {
             }
         }
         kept
+    }
+}
+
+fn default_port(scheme: &Scheme) -> u16 {
+    if *scheme == Scheme::HTTP {
+        80
+    } else {
+        443
     }
 }
 
@@ -401,5 +412,96 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(url: &str) -> Origin {
+        let uri: Uri = url.parse().unwrap();
+        Origin::new(
+            uri.scheme().unwrap().clone(),
+            uri.authority().unwrap().clone(),
+        )
+    }
+
+    #[test]
+    fn the_host_header_names_the_port_only_when_not_the_default() {
+        for (url, host) in [
+            ("https://example.com/hooks", "example.com"),
+            ("https://example.com:443/", "example.com"),
+            ("https://example.com:8443/", "example.com:8443"),
+            ("http://example.com:80/", "example.com"),
+            ("http://example.com:443/", "example.com:443"),
+            ("https://[2001:db8::1]/", "[2001:db8::1]"),
+            ("https://[2001:db8::1]:8443/x?y", "[2001:db8::1]:8443"),
+        ] {
+            assert_eq!(origin(url).host, host, "{url}");
+        }
+    }
+
+    #[test]
+    fn requests_take_each_versions_form() {
+        let origin = origin("https://example.com:8443/");
+        assert_eq!(origin.connect_to, "https://example.com:8443/");
+        let mut request = Request::new(ChunkBody::default());
+        *request.uri_mut() = "https://example.com:8443/in?token=a".parse().unwrap();
+
+        to_http1_form(&mut request, &origin);
+        assert_eq!(request.uri(), "/in?token=a");
+        assert_eq!(request.headers()[header::HOST], "example.com:8443");
+
+        to_http2_form(&mut request, &origin);
+        assert_eq!(request.uri(), "https://example.com:8443/in?token=a");
+        assert!(request.headers().get(header::HOST).is_none());
+    }
+
+    #[test]
+    fn endpoints_of_one_origin_share_its_pool() {
+        let pool = Upstream::new(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(GuardedConnector::new(
+                    Arc::new(crate::egress::EgressPolicy::new(
+                        &crate::config::EgressConfig {
+                            allow_http: true,
+                            allow_private: false,
+                            allow_cidrs: Vec::new(),
+                            allow_ports: Vec::new(),
+                            ca_file: None,
+                        },
+                        Arc::new(crate::egress::SystemResolver),
+                    )),
+                    Duration::from_secs(1),
+                )),
+            IDLE_TIMEOUT,
+        );
+        let a = pool.origin(&"https://example.com/a".parse().unwrap());
+        let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap());
+        let c = pool.origin(&"https://example.com:8443/a".parse().unwrap());
+        let d = pool.origin(&"http://example.com/a".parse().unwrap());
+        let e = pool.origin(&"https://EXAMPLE.com/e".parse().unwrap());
+        assert!(Arc::ptr_eq(&a, &b), "the default port is the same origin");
+        assert!(Arc::ptr_eq(&a, &e), "host names are not case-sensitive");
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert!(!Arc::ptr_eq(&a, &d));
+        drop((a, b, c, d, e));
+        assert_eq!(pool.drop_stale(Instant::now()), 0);
+        assert!(
+            pool.origins.lock().unwrap().is_empty(),
+            "origins no endpoint holds are forgotten"
+        );
     }
 }
