@@ -414,19 +414,29 @@ async fn http2_upstreams_are_used_when_offered() {
     );
 }
 
-#[tokio::test]
-async fn upstream_connections_are_reused() {
-    let (_pki, upstream, endpoint, server) = setup(base(), UpstreamOptions::default()).await;
-    let requests = 20;
-    for i in 0..requests {
+/// `count` deliveries one after the other, each answered with `status`.
+async fn deliver_in_a_row(
+    server: &TestServer,
+    endpoint: &EndpointSpec,
+    count: usize,
+    status: StatusCode,
+) {
+    for i in 0..count {
         let reply = server
             .deliver(
                 &[("x-webhook-id", &endpoint.uuid)],
                 format!("{{\"n\":{i}}}"),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.status, status, "delivery {i}: {}", reply.text());
     }
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (_pki, upstream, endpoint, server) = setup(base(), UpstreamOptions::default()).await;
+    let requests = 20;
+    deliver_in_a_row(&server, &endpoint, requests, StatusCode::OK).await;
     assert_eq!(upstream.requests().len(), requests);
     assert_eq!(
         upstream.connections(),
@@ -442,15 +452,7 @@ async fn empty_upstream_bodies_do_not_cost_a_connection() {
         ..Default::default()
     };
     let (_pki, upstream, endpoint, server) = setup(base(), options).await;
-    for i in 0..10 {
-        let reply = server
-            .deliver(
-                &[("x-webhook-id", &endpoint.uuid)],
-                format!("{{\"n\":{i}}}"),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::NO_CONTENT);
-    }
+    deliver_in_a_row(&server, &endpoint, 10, StatusCode::NO_CONTENT).await;
     assert_eq!(upstream.requests().len(), 10);
     assert_eq!(upstream.connections(), 1, "a 204 puts its connection back");
 }
@@ -462,15 +464,7 @@ async fn connections_the_upstream_closes_are_not_reused() {
         ..Default::default()
     };
     let (_pki, upstream, endpoint, server) = setup(base(), options).await;
-    for i in 0..5 {
-        let reply = server
-            .deliver(
-                &[("x-webhook-id", &endpoint.uuid)],
-                format!("{{\"n\":{i}}}"),
-            )
-            .await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    }
+    deliver_in_a_row(&server, &endpoint, 5, StatusCode::OK).await;
     assert_eq!(upstream.requests().len(), 5, "each delivery sent once");
     assert_eq!(upstream.connections(), 5);
 }
