@@ -56,52 +56,26 @@ impl FileBackend {
 
     /// Reads and validates the file. A missing file is `Ok(None)`.
     pub fn load_file(&self) -> Result<Option<Snapshot>, LoadError> {
-        self.load_carrying(None)
+        let loaded = read_and_parse(&self.path, None)?;
+        Ok(self.remember_loaded(loaded))
     }
 
-    fn load_carrying(&self, previous: Option<&Snapshot>) -> Result<Option<Snapshot>, LoadError> {
-        let Some(text) = self.read()? else {
-            self.remember(None);
-            return Ok(None);
-        };
-        let snapshot = parse_store(&text, &self.path.display().to_string(), previous)?;
-        self.remember(Some(&text));
-        Ok(Some(snapshot))
-    }
-
-    fn read(&self) -> Result<Option<Zeroizing<String>>, LoadError> {
-        read_text(&self.path)
-    }
-
-    /// Reads and parses the file on the blocking pool (see [`super::off_runtime`]), then
-    /// remembers what was read. A missing file is `Ok(None)`.
+    /// [`FileBackend::load_file`] on the blocking pool (see [`super::off_runtime`]), carrying
+    /// `previous`'s delivery records.
     async fn load_off_runtime(
         &self,
         previous: Option<Arc<Snapshot>>,
     ) -> Result<Option<Snapshot>, LoadError> {
         let path = self.path.clone();
-        let loaded = super::off_runtime(move || {
-            let Some(text) = read_text(&path)? else {
-                return Ok(None);
-            };
-            let snapshot = parse_store(&text, &path.display().to_string(), previous.as_deref())?;
-            Ok::<_, LoadError>(Some((text, snapshot)))
-        })
-        .await?;
-        match loaded {
-            None => {
-                self.remember(None);
-                Ok(None)
-            }
-            Some((text, snapshot)) => {
-                self.remember(Some(&text));
-                Ok(Some(snapshot))
-            }
-        }
+        let loaded = super::off_runtime(move || read_and_parse(&path, previous.as_deref())).await?;
+        Ok(self.remember_loaded(loaded))
     }
 
-    fn remember(&self, text: Option<&str>) {
-        self.set_known(text.map(|t| Sha256::digest(t.as_bytes()).into()));
+    /// Remembers the digest of what was read (or that there was no file); the snapshot built
+    /// from it.
+    fn remember_loaded(&self, loaded: Option<([u8; 32], Snapshot)>) -> Option<Snapshot> {
+        self.set_known(loaded.as_ref().map(|(digest, _)| *digest));
+        loaded.map(|(_, snapshot)| snapshot)
     }
 
     /// Records the digest of what hooksign last read or wrote.
@@ -284,6 +258,19 @@ fn digest_of(path: &Path) -> io::Result<Option<[u8; 32]>> {
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Reads the file at `path` and builds its snapshot (`None`: no file), with the SHA-256 of the
+/// text it was built from.
+fn read_and_parse(
+    path: &Path,
+    previous: Option<&Snapshot>,
+) -> Result<Option<([u8; 32], Snapshot)>, LoadError> {
+    let Some(text) = read_text(path)? else {
+        return Ok(None);
+    };
+    let snapshot = parse_store(&text, &path.display().to_string(), previous)?;
+    Ok(Some((Sha256::digest(text.as_bytes()).into(), snapshot)))
 }
 
 /// The store file's text (`None`: no file).
