@@ -536,6 +536,15 @@ async fn every_rotation_signs_the_next_delivery() {
         .await;
     assert!(!masked.text().contains(&previous));
     let path = format!("{HOOKS}/{uuid}/regenerate-secret");
+    let regenerate = |body| {
+        server.api(
+            Method::POST,
+            &path,
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            Some(body),
+        )
+    };
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
     for (body, status, code, says) in [
         // storno receivers compare one signature: no overlap window.
@@ -558,27 +567,11 @@ async fn every_rotation_signs_the_next_delivery() {
             "expiresIn",
         ),
     ] {
-        let reply = server
-            .api(
-                Method::POST,
-                &path,
-                Some(OPS_TOKEN),
-                Some(COMPANY),
-                Some(body),
-            )
-            .await;
+        let reply = regenerate(body).await;
         assert_error(&reply, status, code);
         assert!(reply.text().contains(says), "{}", reply.text());
     }
-    let reply = server
-        .api(
-            Method::POST,
-            &path,
-            Some(OPS_TOKEN),
-            Some(COMPANY),
-            Some(json!({"previousSecretExpiresIn": 0})),
-        )
-        .await;
+    let reply = regenerate(json!({"previousSecretExpiresIn": 0})).await;
     assert_eq!(reply.status, StatusCode::OK);
 }
 

@@ -465,12 +465,10 @@ async fn read_body(
     mut signer: BodySigner,
 ) -> Result<(ChunkBody, BodySigner), Outcome> {
     let mut chunks = ChunkBody::default();
-    let mut len: u64 = 0;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| Outcome::BodyReadFailed)?;
         if let Ok(data) = frame.into_data() {
-            len += data.len() as u64;
-            if len > limit {
+            if chunks.len() + data.len() as u64 > limit {
                 return Err(Outcome::BodyTooLarge);
             }
             if !data.is_empty() {

@@ -257,11 +257,6 @@ impl Origin {
         }
     }
 
-    /// How many HTTP/1.1 connections wait idle for this origin.
-    pub fn idle_connections(&self) -> usize {
-        self.idle.len()
-    }
-
     fn forget_h2(&self, closed: &Arc<http2::SendRequest<ChunkBody>>) {
         self.shared_h2
             .compare_and_swap(closed, None::<Arc<http2::SendRequest<ChunkBody>>>);
