@@ -9,6 +9,7 @@
 
 mod auth;
 mod error;
+mod idempotent;
 pub mod webhooks;
 
 use std::io;

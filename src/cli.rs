@@ -211,7 +211,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                 match file {
                     Some(file) => {
                         FileBackend::new(file.clone())
-                            .persist(records)
+                            .write_records(records)
                             .await
                             .map_err(|err| err.to_string())?;
                         eprintln!("exported {count} endpoint(s) to {}", file.display());

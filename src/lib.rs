@@ -121,13 +121,13 @@ impl AppState {
             Ok(snapshot) => {
                 metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
                 tracing::info!(endpoints = snapshot.len(), "store loaded");
-                Store::new(snapshot, backend)
+                Store::new(snapshot, backend, metrics.store_backend.endpoints.clone())
             }
             // etcd down at start-up: not ready until its watch loads the store.
             Err(err @ LoadError::Unavailable { .. }) => {
                 tracing::warn!(error = %err, "store unavailable; not ready until it loads");
                 metrics.store_backend.up.set(0);
-                Store::pending(backend)
+                Store::pending(backend, metrics.store_backend.endpoints.clone())
             }
             Err(err) => {
                 metrics.store_reload(ReloadOutcome::Rejected, None);

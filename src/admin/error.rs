@@ -42,6 +42,18 @@ pub enum AdminError {
     /// The store cannot be written now (etcd unreachable): 503 `store_unavailable`.
     #[error("{0}")]
     StoreUnavailable(String),
+    /// The same `Idempotency-Key` with another request: 422 `idempotency_key_reused`.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    /// No snapshot loaded yet (etcd down at start-up): 503 `store_not_loaded`.
+    #[error("{0}")]
+    StoreNotLoaded(String),
+    /// No space left: 507 `store_write_failed`; nothing changed, on disk or in service.
+    #[error("{0}")]
+    StoreWriteFailed(String),
+    /// Written and in service, but the directory sync failed: 500 `store_not_durable`.
+    #[error("{0}")]
+    StoreNotDurable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -65,8 +77,10 @@ impl AdminError {
             Self::StoreReadOnly(_) | Self::StoreConflict(_) | Self::Conflict(_) => {
                 StatusCode::CONFLICT
             }
-            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreUnavailable(_) | Self::StoreNotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::StoreWriteFailed(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Self::StoreNotDurable(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -83,6 +97,10 @@ impl AdminError {
             Self::StoreConflict(_) => "store_conflict",
             Self::Conflict(_) => "conflict",
             Self::StoreUnavailable(_) => "store_unavailable",
+            Self::IdempotencyKeyReused(_) => "idempotency_key_reused",
+            Self::StoreNotLoaded(_) => "store_not_loaded",
+            Self::StoreWriteFailed(_) => "store_write_failed",
+            Self::StoreNotDurable(_) => "store_not_durable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -92,8 +110,14 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
-            Self::StoreUnavailable(detail) => {
-                tracing::warn!(error = %detail, "admin write refused: store unavailable");
+            Self::StoreUnavailable(detail)
+            | Self::StoreNotLoaded(detail)
+            | Self::StoreWriteFailed(detail) => {
+                tracing::warn!(error = %detail, "admin write refused");
+                detail.clone()
+            }
+            Self::StoreNotDurable(detail) => {
+                tracing::error!(error = %detail, "admin write not made durable");
                 detail.clone()
             }
             Self::Internal(detail) => {
@@ -130,7 +154,13 @@ impl From<WriteError> for AdminError {
             WriteError::Conflict(_) => Self::StoreConflict(err.to_string()),
             WriteError::Invalid(_) => Self::Validation(err.to_string()),
             WriteError::Contended(_) => Self::Conflict(err.to_string()),
-            WriteError::Unavailable(_) => Self::StoreUnavailable(err.to_string()),
+            WriteError::Unavailable(_) | WriteError::WriterGone => {
+                Self::StoreUnavailable(err.to_string())
+            }
+            WriteError::NotLoaded => Self::StoreNotLoaded(err.to_string()),
+            WriteError::IdempotencyKeyReused => Self::IdempotencyKeyReused(err.to_string()),
+            WriteError::NoSpace(_) => Self::StoreWriteFailed(err.to_string()),
+            WriteError::NotDurable(_) => Self::StoreNotDurable(err.to_string()),
             WriteError::Io(_) | WriteError::Serialize(_) => Self::Internal(err.to_string()),
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, Limited};
 use serde::{Deserialize, Serialize};
@@ -19,11 +19,14 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{AdminError, ApiJson};
+use super::idempotent::{body_of, replay, KeyedBody};
 use crate::config::Permission;
 use crate::proxy::{self, ChunkBody};
 use crate::secret::Secret;
 use crate::signing::{Delivery, Scheme};
-use crate::store::{self, now_text, Endpoint, EndpointRecord, RotateError, Status};
+use crate::store::{
+    self, now_text, Edit, Endpoint, EndpointRecord, Keyed, RotateError, Snapshot, Status,
+};
 use crate::AppState;
 
 /// Most event types an endpoint may subscribe to.
@@ -189,7 +192,8 @@ impl WebhookView {
 
 /// Create a webhook endpoint; the response shows its secret in full, this once.
 #[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
-    params(("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    params(("X-Company" = Uuid, Header, description = "Company the endpoint belongs to"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Optional; a retry with the same key and request within 24 h replays the first answer")),
     request_body = CreateWebhook,
     responses(
         (status = 201, description = "Created; `secret` in full", body = WebhookView),
@@ -201,9 +205,10 @@ impl WebhookView {
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    ApiJson(body): ApiJson<CreateWebhook>,
-) -> Result<impl IntoResponse, AdminError> {
+    request: KeyedBody,
+) -> Result<Response, AdminError> {
     caller.require(Permission::Manage)?;
+    let body: CreateWebhook = request.json().await?;
     let url = validate_url(&state, &body.url).await?;
     let events = validate_events(&state, body.events)?;
     let description = validate_description(body.description)?;
@@ -241,16 +246,22 @@ pub async fn create(
         last_delivery_status: None,
         consecutive_failures: 0,
     };
-    state
+    let company = caller.company;
+    let written = state
         .store
-        .update(|records| {
-            records.push(record);
-            Ok::<(), AdminError>(())
-        })
+        .update_keyed(
+            request.scoped(company),
+            move |_| Ok::<_, AdminError>((Edit::put(record), ())),
+            move |next, ()| (201, body_of(&revealed(next, uuid, company))),
+        )
         .await?;
+    let snapshot = match written {
+        Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
+        Keyed::Fresh(written) => written.snapshot,
+    };
     tracing::info!(endpoint = %uuid, company = %caller.company, token = %caller.token_name, "endpoint created");
-    let view = view_of(&state, uuid, caller.company, true)?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let view = view_in(&snapshot, uuid, company, true)?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// List the company's endpoints, secrets masked.
@@ -294,7 +305,12 @@ pub async fn get_one(
 ) -> Result<Json<WebhookView>, AdminError> {
     caller.require(Permission::View)?;
     let uuid = parse_uuid(&uuid)?;
-    Ok(Json(view_of(&state, uuid, caller.company, false)?))
+    Ok(Json(view_in(
+        &state.store.snapshot(),
+        uuid,
+        caller.company,
+        false,
+    )?))
 }
 
 /// Update `url`, `events`, `description` or `isActive`.
@@ -331,10 +347,11 @@ pub async fn update(
         .map(|d| validate_description(Some(d)))
         .transpose()?;
     let reactivated = body.is_active == Some(true);
-    state
+    let company = caller.company;
+    let written = state
         .store
-        .update(|records| {
-            let record = find_record(records, uuid, caller.company)?;
+        .update(move |snapshot| {
+            let mut record = find_record(snapshot, uuid, company)?;
             if let Some(url) = url {
                 record.url = url.to_string();
             }
@@ -353,16 +370,16 @@ pub async fn update(
                 None => {}
             }
             record.updated_at = Some(now_text());
-            Ok::<(), AdminError>(())
+            Ok::<_, AdminError>((Edit::put(record), ()))
         })
         .await?;
     if reactivated {
-        if let Some(endpoint) = state.store.snapshot().get(&uuid) {
+        if let Some(endpoint) = written.snapshot.get(&uuid) {
             endpoint.stats.reset_failures();
         }
     }
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint updated");
-    Ok(Json(view_of(&state, uuid, caller.company, false)?))
+    Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
 
 /// Delete an endpoint.
@@ -383,17 +400,12 @@ pub async fn delete(
 ) -> Result<StatusCode, AdminError> {
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
+    let company = caller.company;
     state
         .store
-        .update(|records| {
-            let before = records.len();
-            let text = uuid.to_string();
-            let company = caller.company.to_string();
-            records.retain(|r| !(r.uuid == text && r.company == company));
-            if records.len() == before {
-                return Err(AdminError::NotFound);
-            }
-            Ok(())
+        .update(move |snapshot| {
+            find_record(snapshot, uuid, company)?;
+            Ok::<_, AdminError>((Edit::delete(uuid), ()))
         })
         .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint deleted");
@@ -404,7 +416,8 @@ pub async fn delete(
 /// signed with the new secret.
 #[utoipa::path(post, path = "/api/v1/webhooks/{uuid}/regenerate-secret", tag = "webhooks",
     params(("uuid" = String, Path, description = "Endpoint uuid"),
-           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Optional; a retry with the same key and request within 24 h replays the first answer")),
     request_body(content = Option<RegenerateSecret>, description = "Optional"),
     responses(
         (status = 200, description = "The endpoint with its new secret in full", body = WebhookView),
@@ -418,44 +431,48 @@ pub async fn regenerate_secret(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(uuid): Path<String>,
-    body: Bytes,
-) -> Result<Json<WebhookView>, AdminError> {
+    request: KeyedBody,
+) -> Result<Response, AdminError> {
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
-    let request: RegenerateSecret = if body.iter().all(u8::is_ascii_whitespace) {
-        RegenerateSecret::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|err| AdminError::InvalidRequest(format!("invalid JSON body: {err}")))?
+    let body: RegenerateSecret = request.json_or_default()?;
+    let window = Duration::from_secs(body.previous_secret_expires_in);
+    let company = caller.company;
+    let written =
+        state
+            .store
+            .update_keyed(
+                request.scoped(company),
+                move |snapshot| {
+                    let record = find_record(snapshot, uuid, company)?;
+                    let rotated = store::rotate(&record, window, OffsetDateTime::now_utc())
+                        .map_err(|err| match err {
+                            RotateError::Random(err) => AdminError::Internal(err.to_string()),
+                            other => AdminError::Validation(other.to_string()),
+                        })?;
+                    Ok::<_, AdminError>((Edit::put(rotated), ()))
+                },
+                move |next, ()| (200, body_of(&revealed(next, uuid, company))),
+            )
+            .await?;
+    let snapshot = match written {
+        Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
+        Keyed::Fresh(written) => written.snapshot,
     };
-    let window = Duration::from_secs(request.previous_secret_expires_in);
-    state
-        .store
-        .update(|records| {
-            let record = find_record(records, uuid, caller.company)?;
-            *record =
-                store::rotate(record, window, OffsetDateTime::now_utc()).map_err(
-                    |err| match err {
-                        RotateError::Random(err) => AdminError::Internal(err.to_string()),
-                        other => AdminError::Validation(other.to_string()),
-                    },
-                )?;
-            Ok::<(), AdminError>(())
-        })
-        .await?;
     state.metrics.secret_rotations.inc();
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "secret regenerated");
-    Ok(Json(view_of(&state, uuid, caller.company, true)?))
+    Ok(Json(view_in(&snapshot, uuid, company, true)?).into_response())
 }
 
 /// Send a signed `webhook.test` event to the endpoint now, through the delivery path.
 #[utoipa::path(post, path = "/api/v1/webhooks/{uuid}/test", tag = "webhooks",
     params(("uuid" = String, Path, description = "Endpoint uuid"),
-           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Optional; a retry with the same key and request within 24 h replays the first answer")),
     responses(
         (status = 200, body = TestReport),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
@@ -463,10 +480,20 @@ pub async fn test(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(uuid): Path<String>,
-) -> Result<Json<TestReport>, AdminError> {
+    request: KeyedBody,
+) -> Result<Response, AdminError> {
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let snapshot = state.store.snapshot();
+    let key = request.scoped(caller.company);
+    if let Some((key, fingerprint)) = &key {
+        if let Some(recorded) = snapshot.idempotency().find(key) {
+            if recorded.fingerprint != *fingerprint {
+                return Err(store::WriteError::IdempotencyKeyReused.into());
+            }
+            return Ok(replay(&recorded));
+        }
+    }
     let endpoint = snapshot
         .get(&uuid)
         .filter(|endpoint| endpoint.company == caller.company)
@@ -524,7 +551,23 @@ pub async fn test(
         },
     };
     tracing::info!(endpoint = %uuid, delivered = report.delivered, "test event sent");
-    Ok(Json(report))
+    if key.is_some() {
+        // The report is recorded under the key (a store write of its own), so a retry is told
+        // what happened instead of sending a second test event.
+        let answer = body_of(&report);
+        let recorded = state
+            .store
+            .update_keyed(
+                key,
+                |_| Ok::<_, AdminError>((Edit::none(), ())),
+                move |_, ()| (200, answer),
+            )
+            .await?;
+        if let Keyed::Replayed(recorded) = recorded {
+            return Ok(replay(&recorded));
+        }
+    }
+    Ok(Json(report).into_response())
 }
 
 /// The event types `[events] catalog` lists (empty: any name is accepted).
@@ -559,13 +602,14 @@ fn parse_uuid(text: &str) -> Result<Uuid, AdminError> {
     Uuid::try_parse(text).map_err(|_| AdminError::NotFound)
 }
 
-fn view_of(
-    state: &AppState,
+/// The view of endpoint `uuid` of `company` in `snapshot` (the one a write swapped in, so an
+/// answer shows exactly the state the write made).
+fn view_in(
+    snapshot: &Snapshot,
     uuid: Uuid,
     company: Uuid,
     reveal: bool,
 ) -> Result<WebhookView, AdminError> {
-    let snapshot = state.store.snapshot();
     snapshot
         .get(&uuid)
         .filter(|endpoint| endpoint.company == company)
@@ -573,15 +617,21 @@ fn view_of(
         .ok_or(AdminError::NotFound)
 }
 
+/// The view with the secret in full, as recorded for an idempotent replay.
+fn revealed(snapshot: &Snapshot, uuid: Uuid, company: Uuid) -> Option<WebhookView> {
+    view_in(snapshot, uuid, company, true).ok()
+}
+
+/// The stored record of endpoint `uuid` of `company`, to edit.
 fn find_record(
-    records: &mut [EndpointRecord],
+    snapshot: &Snapshot,
     uuid: Uuid,
     company: Uuid,
-) -> Result<&mut EndpointRecord, AdminError> {
-    let (uuid, company) = (uuid.to_string(), company.to_string());
-    records
-        .iter_mut()
-        .find(|r| r.uuid.eq_ignore_ascii_case(&uuid) && r.company.eq_ignore_ascii_case(&company))
+) -> Result<EndpointRecord, AdminError> {
+    snapshot
+        .get(&uuid)
+        .filter(|endpoint| endpoint.company == company)
+        .map(|endpoint| endpoint.record_now())
         .ok_or(AdminError::NotFound)
 }
 

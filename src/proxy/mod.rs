@@ -37,7 +37,7 @@ pub use pool::UpstreamBody;
 
 use crate::egress::{self, DenyReason};
 use crate::signing::{BodySigner, Delivery, MessageId};
-use crate::store::{now_text, DeliveryOutcome, Endpoint, Status, WriteError};
+use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
 use crate::AppState;
 
 /// The header naming the endpoint a delivery is for.
@@ -75,11 +75,13 @@ pub enum Outcome {
     UpstreamUnreachable,
     UpstreamTls,
     UpstreamTimeout,
+    /// No store snapshot is loaded yet (etcd down at start-up): 503 with `Retry-After`.
+    StoreNotLoaded,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -94,6 +96,7 @@ impl Outcome {
         Self::UpstreamUnreachable,
         Self::UpstreamTls,
         Self::UpstreamTimeout,
+        Self::StoreNotLoaded,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -113,6 +116,7 @@ impl Outcome {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTls => "upstream_tls",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::StoreNotLoaded => "store_not_loaded",
         }
     }
 
@@ -130,6 +134,7 @@ impl Outcome {
             Self::DestinationForbidden => StatusCode::FORBIDDEN,
             Self::UpstreamUnreachable | Self::UpstreamTls => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::StoreNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -154,9 +159,23 @@ impl Outcome {
             Self::UpstreamTimeout => {
                 "the endpoint's server did not answer within [proxy] upstream_timeout"
             }
+            Self::StoreNotLoaded => {
+                "the endpoint store has not been loaded yet (its backend is unreachable); retry"
+            }
+        }
+    }
+
+    /// The `Retry-After` (seconds) of a refusal that is worth retrying soon.
+    fn retry_after(self) -> Option<u32> {
+        match self {
+            Self::StoreNotLoaded => Some(STORE_NOT_LOADED_RETRY_AFTER),
+            _ => None,
         }
     }
 }
+
+/// `Retry-After` of a `store_not_loaded` refusal: the backend's watch retries within seconds.
+const STORE_NOT_LOADED_RETRY_AFTER: u32 = 2;
 
 /// The largest request head (request line and headers) the proxy reads: a larger one is
 /// answered 431 and the connection closed. Envoy's default is 60 KiB, nginx's 4 × 8 KiB.
@@ -294,6 +313,9 @@ async fn deliver(
         .and_then(|text| Uuid::try_parse(text.trim()).ok())
         .ok_or_else(|| state.refuse(Outcome::MissingWebhookId, None))?;
 
+    if !state.store.is_loaded() {
+        return Err(state.refuse(Outcome::StoreNotLoaded, Some(&uuid)));
+    }
     let endpoint = Arc::clone(
         state
             .store
@@ -374,13 +396,11 @@ pub async fn forward(
     *upstream_request.uri_mut() = endpoint.target.clone();
     *upstream_request.headers_mut() = headers;
 
-    let origin = endpoint
-        .origin
-        .get_or_init(|| state.upstream.origin(&endpoint.target));
+    let origin = state.upstream.origin_of(endpoint);
     let started = Instant::now();
     let sent = tokio::time::timeout(
         state.config.proxy.upstream_timeout,
-        state.upstream.send(origin, upstream_request),
+        state.upstream.send(&origin, upstream_request),
     )
     .await;
     let elapsed = started.elapsed();
@@ -421,22 +441,23 @@ fn record_delivery(state: &Arc<AppState>, endpoint: &Endpoint, outcome: Delivery
     let state = Arc::clone(state);
     let uuid = endpoint.uuid;
     tokio::spawn(async move {
-        let text = uuid.to_string();
         let written = state
             .store
-            .update(|records| {
-                if let Some(record) = records
-                    .iter_mut()
-                    .find(|r| r.uuid == text && r.status == Status::Active.as_str())
-                {
-                    record.status = Status::AutoDisabled.as_str().to_owned();
-                    record.updated_at = Some(now_text());
-                }
-                Ok::<(), WriteError>(())
+            .update(move |snapshot| {
+                let edit = match snapshot.get(&uuid) {
+                    Some(endpoint) if endpoint.status == Status::Active => {
+                        let mut record = endpoint.record_now();
+                        record.status = Status::AutoDisabled.as_str().to_owned();
+                        record.updated_at = Some(now_text());
+                        Edit::put(record)
+                    }
+                    _ => Edit::none(),
+                };
+                Ok::<_, WriteError>((edit, ()))
             })
             .await;
         match written {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::warn!(endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures")
             }
             Err(err) => {
@@ -543,6 +564,9 @@ pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         headers.insert(X_REQUEST_ID, value);
     }
+    if let Some(seconds) = outcome.retry_after() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
 }
 
@@ -563,6 +587,18 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(response.headers()[&X_HOOKSIGN_ERROR], "unknown_webhook");
         assert!(response.headers().contains_key(&X_REQUEST_ID));
+    }
+
+    #[test]
+    fn store_not_loaded_asks_for_a_retry() {
+        let response = refusal(Outcome::StoreNotLoaded);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[&X_HOOKSIGN_ERROR], "store_not_loaded");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert!(refusal(Outcome::UnknownWebhook)
+            .headers()
+            .get(header::RETRY_AFTER)
+            .is_none());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! that was started is never sent twice. Connections idle for [`IDLE_TIMEOUT`] are closed by
 //! [`Upstream::close_idle_connections`].
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
@@ -32,6 +33,7 @@ use tower_service::Service;
 
 use super::body::ChunkBody;
 use crate::egress::GuardedConnector;
+use crate::store::Endpoint;
 
 /// How long an idle upstream connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -127,6 +129,20 @@ impl Upstream {
 
     /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
     /// connection, else an idle HTTP/1.1 one, else a new connection.
+    /// The origin of `endpoint`'s URL, kept in the endpoint's slot on its first delivery: the
+    /// endpoint lives on in every snapshot its record is unchanged in, and so does this origin
+    /// with its idle connections, whatever other endpoints a store change touches.
+    pub fn origin_of(&self, endpoint: &Endpoint) -> Arc<Origin> {
+        let slot = endpoint
+            .route
+            .get_or_init(|| self.origin(&endpoint.target) as Arc<dyn Any + Send + Sync>);
+        match Arc::clone(slot).downcast::<Origin>() {
+            Ok(origin) => origin,
+            // Only this function fills the slot, always with an `Origin`.
+            Err(_) => self.origin(&endpoint.target),
+        }
+    }
+
     pub async fn send(
         &self,
         origin: &Arc<Origin>,

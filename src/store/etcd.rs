@@ -27,14 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, TlsOptions,
-    Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions,
+    TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::idempotency::{self, IdempotencyKey, Recorded, StoredIdempotency};
 use super::{
-    Backend, BackendFuture, Endpoint, EndpointRecord, LoadError, Snapshot, Store, WriteError,
+    Backend, BackendFuture, Edit, Endpoint, EndpointRecord, LoadError, Snapshot, Store, WriteError,
 };
 use crate::config::EtcdConfig;
 use crate::metrics::StoreBackendMetrics;
@@ -56,7 +57,8 @@ pub struct EtcdBackend {
     keys: String,
     /// What [`LoadError`]s name: `etcd <endpoints> <prefix>`.
     label: String,
-    state: Mutex<State>,
+    /// Shared with the writer task, which applies watch events to it.
+    state: Arc<Mutex<State>>,
     metrics: Option<StoreBackendMetrics>,
 }
 
@@ -117,7 +119,7 @@ impl EtcdBackend {
             client,
             keys: format!("{}webhooks/", config.prefix),
             label,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             metrics,
         })
     }
@@ -125,6 +127,33 @@ impl EtcdBackend {
     /// The key that holds the endpoint `uuid`.
     pub fn key_of(&self, uuid: &str) -> String {
         format!("{}{uuid}", self.keys)
+    }
+
+    /// The key that holds an idempotency record: `<prefix>idempotency/<company>/<sha256(key)>`
+    /// (a client's key may hold any character).
+    fn idempotency_key_of(&self, key: &IdempotencyKey) -> String {
+        use sha2::Digest;
+        format!(
+            "{}idempotency/{}/{}",
+            self.prefix(),
+            key.company,
+            hex::encode(sha2::Sha256::digest(key.key.as_bytes()))
+        )
+    }
+
+    /// `<prefix>`: the endpoint keys' prefix without `webhooks/`.
+    fn prefix(&self) -> &str {
+        self.keys.strip_suffix("webhooks/").unwrap_or(&self.keys)
+    }
+
+    /// A lease of [`idempotency::TTL`]: etcd forgets the record when it ends.
+    async fn idempotency_lease(&self) -> Result<i64, WriteError> {
+        let mut lease = self.client.lease_client();
+        let ttl = i64::try_from(idempotency::TTL.as_secs()).unwrap_or(i64::MAX);
+        with_timeout(lease.grant(ttl, None))
+            .await
+            .map(|granted| granted.id())
+            .map_err(WriteError::Unavailable)
     }
 
     /// The records stored now (strictly: any key that does not hold a valid endpoint is an error).
@@ -168,9 +197,7 @@ impl EtcdBackend {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.state)
     }
 
     fn invalid(&self, problems: Vec<String>) -> LoadError {
@@ -209,12 +236,27 @@ impl EtcdBackend {
             .collect();
         Ok((revision, read))
     }
+}
 
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The view's key prefix and label, for applying watch events on the writer task.
+struct Follow {
+    keys: String,
+    label: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl Follow {
     /// Applies one watch response's events to the view; the snapshot to swap in if anything
-    /// changed.
+    /// changed. Only the endpoints the events touch are rebuilt ([`Snapshot::with_edit`]).
     fn apply_events(&self, events: &[etcd_client::Event], current: &Snapshot) -> Option<Snapshot> {
-        let mut state = self.state();
-        let mut changed = false;
+        let mut state = lock(&self.state);
+        let mut edit = Edit::none();
         for event in events {
             let Some(kv) = event.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -233,12 +275,14 @@ impl EtcdBackend {
             match event.event_type() {
                 EventType::Delete => {
                     entry.record = None;
-                    changed = true;
+                    if let Ok(uuid) = uuid.parse() {
+                        edit.deletes.push(uuid);
+                    }
                 }
                 EventType::Put => match decode(uuid, kv.value()) {
                     Ok(record) => {
-                        entry.record = Some(record);
-                        changed = true;
+                        entry.record = Some(record.clone());
+                        edit.puts.push(record);
                     }
                     Err(why) => {
                         // The last good record stays in service; a write through the admin API
@@ -248,22 +292,25 @@ impl EtcdBackend {
                 },
             }
         }
-        if !changed {
+        drop(state);
+        if edit.is_empty() {
             return None;
         }
-        let records = state.records();
-        drop(state);
-        match Snapshot::build(records, Some(current), |index, field| {
-            format!("{}[{index}].{field}", self.label)
-        }) {
+        // A put and a later delete of one key in the same response: the delete wins.
+        let deleted = edit.deletes.clone();
+        edit.puts
+            .retain(|record| !deleted.iter().any(|uuid| uuid.to_string() == record.uuid));
+        match current.with_edit(&edit) {
             Ok(snapshot) => Some(snapshot),
             Err(problems) => {
-                tracing::error!(problems = %problems.join("; "), "etcd change rejected; keeping the previous snapshot");
+                tracing::error!(label = %self.label, problems = %problems.join("; "), "etcd change rejected; keeping the previous snapshot");
                 None
             }
         }
     }
+}
 
+impl EtcdBackend {
     fn set_up(&self, up: bool) {
         if let Some(metrics) = &self.metrics {
             metrics.up.set(i64::from(up));
@@ -318,8 +365,13 @@ impl EtcdBackend {
             if response.events().is_empty() {
                 continue;
             }
+            let follow = Follow {
+                keys: self.keys.clone(),
+                label: self.label.clone(),
+                state: Arc::clone(&self.state),
+            };
             let applied = store
-                .apply(|current| self.apply_events(response.events(), current))
+                .apply(move |current| follow.apply_events(response.events(), current))
                 .await;
             if let (Some(count), Some(metrics)) = (applied, &self.metrics) {
                 metrics
@@ -416,7 +468,12 @@ impl Backend for EtcdBackend {
         Box::pin(async { Ok(None) })
     }
 
-    fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>> {
+    /// Writes the keys `edit` changes (and its idempotency record) in one transaction.
+    fn persist(
+        &self,
+        _next: Arc<Snapshot>,
+        edit: Arc<Edit>,
+    ) -> BackendFuture<'_, Result<(), WriteError>> {
         Box::pin(async move {
             let mut compares = Vec::new();
             let mut ops = Vec::new();
@@ -424,14 +481,11 @@ impl Backend for EtcdBackend {
             let mut deletes = Vec::new();
             {
                 let state = self.state();
-                let mut wanted = HashMap::with_capacity(records.len());
-                for record in records {
-                    wanted.insert(self.key_of(&record.uuid), stripped(&record));
-                }
-                for (key, record) in &wanted {
-                    let known = state.entries.get(key);
-                    let value = encode(record)?;
-                    match known {
+                for record in edit.puts() {
+                    let key = self.key_of(&record.uuid);
+                    let record = stripped(record);
+                    let value = encode(&record)?;
+                    match state.entries.get(&key) {
                         Some(Entry {
                             record: Some(old),
                             mod_revision,
@@ -452,19 +506,35 @@ impl Backend for EtcdBackend {
                         )),
                     }
                     ops.push(TxnOp::put(key.clone(), value.to_vec(), None));
-                    puts.push((key.clone(), record.clone()));
+                    puts.push((key, record));
                 }
-                for (key, entry) in &state.entries {
-                    if entry.record.is_some() && !wanted.contains_key(key) {
+                for uuid in edit.deletes() {
+                    let key = self.key_of(&uuid.to_string());
+                    if let Some(entry) = state.entries.get(&key).filter(|e| e.record.is_some()) {
                         compares.push(Compare::mod_revision(
                             key.clone(),
                             CompareOp::Equal,
                             entry.mod_revision,
                         ));
                         ops.push(TxnOp::delete(key.clone(), None));
-                        deletes.push(key.clone());
+                        deletes.push(key);
                     }
                 }
+            }
+            if let Some(recorded) = edit.recorded() {
+                let key = self.idempotency_key_of(&recorded.key);
+                let value = serde_json::to_vec(&recorded.stored())
+                    .map(Zeroizing::new)
+                    .map_err(|err| WriteError::Serialize(err.to_string()))?;
+                let lease = self.idempotency_lease().await?;
+                // Two replicas racing on one key: one transaction wins, the other is contended
+                // and its retry replays the winner's answer.
+                compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+                ops.push(TxnOp::put(
+                    key,
+                    value.to_vec(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ));
             }
             if ops.is_empty() {
                 return Ok(());
@@ -508,6 +578,33 @@ impl Backend for EtcdBackend {
 
     fn stores_delivery_records(&self) -> bool {
         false
+    }
+
+    /// Another replica may have recorded the key: etcd is asked (one read).
+    fn find_idempotent<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+    ) -> BackendFuture<'a, Result<Option<Arc<Recorded>>, WriteError>> {
+        Box::pin(async move {
+            let mut kv = self.client.kv_client();
+            let response = with_timeout(kv.get(self.idempotency_key_of(key), None))
+                .await
+                .map_err(WriteError::Unavailable)?;
+            let Some(found) = response.kvs().first() else {
+                return Ok(None);
+            };
+            let recorded = serde_json::from_slice::<StoredIdempotency>(found.value())
+                .map_err(|err| err.to_string())
+                .and_then(StoredIdempotency::parse);
+            match recorded {
+                Ok(recorded) if recorded.key == *key => Ok(Some(recorded)),
+                Ok(_) => Ok(None),
+                Err(why) => {
+                    tracing::error!(problem = %why, "etcd idempotency record rejected");
+                    Ok(None)
+                }
+            }
+        })
     }
 
     /// Watches the prefix; on any loss marks the backend down, waits (100 ms doubling to 5 s),

@@ -19,7 +19,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{toml_out, Backend, BackendFuture, EndpointRecord, LoadError, Snapshot, WriteError};
+use super::idempotency::{IdempotencyLog, StoredIdempotency};
+use super::{
+    toml_out, Backend, BackendFuture, Edit, EndpointRecord, LoadError, Snapshot, WriteError,
+};
 
 /// What the store file starts with when hooksign writes it.
 const HEADER: &str = "# hooksign store: endpoints and their signing secrets. Keep this file private (0600).\n\
@@ -36,8 +39,20 @@ pub struct FileBackend {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StoreFile {
+    /// `None`: the file has no `webhooks` at all (empty, or truncated before the first table).
     #[serde(default)]
-    webhooks: Vec<toml::Spanned<EndpointRecord>>,
+    webhooks: Option<Vec<toml::Spanned<EndpointRecord>>>,
+    #[serde(default)]
+    idempotency: Vec<StoredIdempotency>,
+}
+
+/// A parsed store file: the records with the byte range of each table, the idempotency keys,
+/// and whether the file said `webhooks = …` or had a `[[webhooks]]` table at all.
+struct Parsed {
+    records: Vec<EndpointRecord>,
+    spans: Vec<std::ops::Range<usize>>,
+    keys: Vec<StoredIdempotency>,
+    says_webhooks: bool,
 }
 
 impl FileBackend {
@@ -135,6 +150,11 @@ impl FileBackend {
         }
     }
 
+    /// Makes `records` the whole store file, durably (`hooksign store export`).
+    pub async fn write_records(&self, records: Vec<EndpointRecord>) -> Result<(), WriteError> {
+        self.write_off_runtime(move || render(&records)).await
+    }
+
     /// Renders and writes the store on a blocking thread (rendering a large store and fsync both
     /// block), then remembers what was written.
     fn write_off_runtime(
@@ -188,15 +208,22 @@ impl Backend for FileBackend {
         })
     }
 
-    fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>> {
-        self.write_off_runtime(move || render(&records))
+    /// The file is the whole store: `next` is written whole, whatever `edit` changed.
+    fn persist(
+        &self,
+        next: Arc<Snapshot>,
+        _edit: Arc<Edit>,
+    ) -> BackendFuture<'_, Result<(), WriteError>> {
+        self.persist_snapshot(next)
     }
 
     fn persist_snapshot(
         &self,
         snapshot: Arc<Snapshot>,
     ) -> BackendFuture<'_, Result<(), WriteError>> {
-        self.write_off_runtime(move || toml_out::render_endpoints(HEADER, &snapshot.endpoints))
+        self.write_off_runtime(move || {
+            toml_out::render_endpoints(HEADER, &snapshot.endpoints, &snapshot.idempotency.live())
+        })
     }
 }
 
@@ -219,10 +246,14 @@ fn write_durably(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
         .map_err(classify_write_error)?;
     temp.write_all(text.as_bytes())
         .map_err(classify_write_error)?;
-    temp.as_file().sync_all()?;
+    temp.as_file().sync_all().map_err(classify_write_error)?;
     temp.persist(path)
         .map_err(|err| classify_write_error(err.error))?;
-    std::fs::File::open(dir)?.sync_all()?;
+    // From here the new content is the file: a failure is reported as such, not as "nothing
+    // was written".
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(WriteError::NotDurable)?;
     Ok(Sha256::digest(text.as_bytes()).into())
 }
 
@@ -231,11 +262,18 @@ fn temp_prefix(path: &Path) -> Option<String> {
         .map(|name| format!(".{}.hooksign-tmp-", name.to_string_lossy()))
 }
 
+/// Linux's "no space left on device" and "disk quota exceeded".
+const ENOSPC: i32 = 28;
+const EDQUOT: i32 = 122;
+
+/// A failure before the rename: the store file is untouched (the temp file is removed when
+/// dropped).
 fn classify_write_error(err: io::Error) -> WriteError {
     match err.kind() {
         io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
             WriteError::ReadOnly(err.to_string())
         }
+        _ if matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT)) => WriteError::NoSpace(err),
         _ => WriteError::Io(err),
     }
 }
@@ -266,10 +304,16 @@ fn read_and_parse(
     path: &Path,
     previous: Option<&Snapshot>,
 ) -> Result<Option<([u8; 32], Snapshot)>, LoadError> {
+    let shown = path.display().to_string();
+    let holds_endpoints = previous.is_some_and(|p| !p.is_empty());
     let Some(text) = read_text(path)? else {
+        if holds_endpoints {
+            // Removed, or its directory replaced: not an instruction to drop every endpoint.
+            return Err(LoadError::Emptied { path: shown });
+        }
         return Ok(None);
     };
-    let snapshot = parse_store(&text, &path.display().to_string(), previous)?;
+    let snapshot = parse_store(&text, &shown, previous)?;
     Ok(Some((Sha256::digest(text.as_bytes()).into(), snapshot)))
 }
 
@@ -286,61 +330,96 @@ fn read_text(path: &Path) -> Result<Option<Zeroizing<String>>, LoadError> {
 }
 
 /// Parses store-file text (read from `path`, for messages) into a snapshot; endpoints that
-/// `previous` holds keep their delivery records.
+/// `previous` holds keep their delivery records (or are carried over whole when unchanged). A
+/// text with no endpoint at all, while `previous` holds some, is refused unless it says
+/// `webhooks = []`.
 pub fn parse_store(
     text: &str,
     path: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
-    let (records, starts) = match parse_tables_one_by_one(text) {
+    let parsed = match parse_tables_one_by_one(text) {
         Some(parsed) => parsed,
         None => parse_whole(text, path)?,
     };
-    Snapshot::build(records, previous, |index, field| {
-        let span = starts[index].clone();
+    if parsed.records.is_empty() && !parsed.says_webhooks && previous.is_some_and(|p| !p.is_empty())
+    {
+        return Err(LoadError::Emptied {
+            path: path.to_owned(),
+        });
+    }
+    let mut problems = Vec::new();
+    let mut keys = Vec::with_capacity(parsed.keys.len());
+    for (index, stored) in parsed.keys.into_iter().enumerate() {
+        match stored.parse() {
+            Ok(recorded) => keys.push(recorded),
+            Err(why) => problems.push(format!("idempotency[{index}].{why}")),
+        }
+    }
+    let spans = parsed.spans;
+    let built = Snapshot::build(parsed.records, previous, |index, field| {
+        let span = spans[index].clone();
         let offset = find_key(text, span.clone(), field).unwrap_or(span.start);
         let (line, column) = line_column(text, offset);
         format!("webhooks[{index}].{field} (line {line}, column {column})")
-    })
-    .map_err(|problems| LoadError::Invalid {
-        path: path.to_owned(),
-        problems,
-    })
+    });
+    match built {
+        Ok(snapshot) if problems.is_empty() => {
+            Ok(snapshot.with_idempotency(IdempotencyLog::from_recorded(keys)))
+        }
+        Ok(_) => Err(LoadError::Invalid {
+            path: path.to_owned(),
+            problems,
+        }),
+        Err(mut more) => {
+            more.append(&mut problems);
+            Err(LoadError::Invalid {
+                path: path.to_owned(),
+                problems: more,
+            })
+        }
+    }
 }
 
-/// The whole file as one TOML document (any layout TOML allows): the records and the byte range
-/// of each table.
-fn parse_whole(
-    text: &str,
-    path: &str,
-) -> Result<(Vec<EndpointRecord>, Vec<std::ops::Range<usize>>), LoadError> {
+/// The whole file as one TOML document (any layout TOML allows).
+fn parse_whole(text: &str, path: &str) -> Result<Parsed, LoadError> {
     let file: StoreFile = toml::from_str(text).map_err(|err| LoadError::Parse {
         path: path.to_owned(),
         message: redact_toml_error(&err),
     })?;
-    Ok(file
+    let says_webhooks = file.webhooks.is_some();
+    let (records, spans) = file
         .webhooks
+        .unwrap_or_default()
         .into_iter()
         .map(|spanned| (spanned.span(), spanned.into_inner()))
         .map(|(span, record)| (record, span))
-        .unzip())
+        .unzip();
+    Ok(Parsed {
+        records,
+        spans,
+        keys: file.idempotency,
+        says_webhooks,
+    })
 }
 
-/// The usual layout, nothing but `[[webhooks]]` tables (and comments before the first), parsed
-/// one table at a time: the parser's document model for a large store peaks at many times the
-/// file's size, and memory freed after the parse stays with the process. `None` when the file
-/// has another shape or any table does not parse alone; [`parse_whole`] then gives the answer
-/// (and the error, with its position in the whole file).
-fn parse_tables_one_by_one(
-    text: &str,
-) -> Option<(Vec<EndpointRecord>, Vec<std::ops::Range<usize>>)> {
-    const HEADER: &str = "[[webhooks]]";
-    let mut starts = Vec::new();
+/// The usual layout, nothing but `[[webhooks]]` tables (and comments before the first), then
+/// any `[[idempotency]]` tables, parsed one table at a time: the parser's document model for a
+/// large store peaks at many times the file's size, and memory freed after the parse stays with
+/// the process. `None` when the file has another shape or any table does not parse alone;
+/// [`parse_whole`] then gives the answer (and the error, with its position in the whole file).
+fn parse_tables_one_by_one(text: &str) -> Option<Parsed> {
+    const WEBHOOKS: &str = "[[webhooks]]";
+    const KEYS: &str = "[[idempotency]]";
+    // (start of the header, whether it is an idempotency table)
+    let mut starts: Vec<(usize, bool)> = Vec::new();
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim();
-        if trimmed == HEADER {
-            starts.push(offset + line.find(HEADER)?);
+        if trimmed == WEBHOOKS && !starts.iter().any(|(_, key)| *key) {
+            starts.push((offset + line.find(WEBHOOKS)?, false));
+        } else if trimmed == KEYS {
+            starts.push((offset + line.find(KEYS)?, true));
         } else if trimmed.starts_with('[')
             || (starts.is_empty() && !trimmed.is_empty() && !trimmed.starts_with('#'))
         {
@@ -348,15 +427,24 @@ fn parse_tables_one_by_one(
         }
         offset += line.len();
     }
-    let mut records = Vec::with_capacity(starts.len());
-    let mut spans = Vec::with_capacity(starts.len());
-    for (index, &start) in starts.iter().enumerate() {
-        let end = starts.get(index + 1).copied().unwrap_or(text.len());
-        let table = &text[start + HEADER.len()..end];
-        records.push(toml::from_str::<EndpointRecord>(table).ok()?);
-        spans.push(start..end);
+    let mut parsed = Parsed {
+        records: Vec::with_capacity(starts.len()),
+        spans: Vec::with_capacity(starts.len()),
+        keys: Vec::new(),
+        says_webhooks: starts.iter().any(|(_, key)| !key),
+    };
+    for (index, &(start, key)) in starts.iter().enumerate() {
+        let end = starts.get(index + 1).map_or(text.len(), |next| next.0);
+        if key {
+            let table = &text[start + KEYS.len()..end];
+            parsed.keys.push(toml::from_str(table).ok()?);
+        } else {
+            let table = &text[start + WEBHOOKS.len()..end];
+            parsed.records.push(toml::from_str(table).ok()?);
+            parsed.spans.push(start..end);
+        }
     }
-    Some((records, spans))
+    Some(parsed)
 }
 
 /// toml's message quotes the offending source line, which may hold a secret: keep only the
@@ -466,11 +554,11 @@ updated_at = "2026-02-18T10:00:00Z"
             "# comment\n{GOOD}\n{}",
             GOOD.replace("a1b2c3d4", "b1b2c3d4")
         );
-        let (one_by_one, spans) = parse_tables_one_by_one(&two).expect("the usual layout");
-        let (whole, _) = parse_whole(&two, "webhooks.toml").unwrap();
-        assert_eq!(one_by_one.len(), 2);
-        assert_eq!(spans.len(), 2);
-        for (a, b) in one_by_one.iter().zip(&whole) {
+        let one_by_one = parse_tables_one_by_one(&two).expect("the usual layout");
+        let whole = parse_whole(&two, "webhooks.toml").unwrap();
+        assert_eq!(one_by_one.records.len(), 2);
+        assert_eq!(one_by_one.spans.len(), 2);
+        for (a, b) in one_by_one.records.iter().zip(&whole.records) {
             assert_eq!((&a.uuid, &a.url, &a.events), (&b.uuid, &b.url, &b.events));
             assert_eq!(a.secret.expose(), b.secret.expose());
         }

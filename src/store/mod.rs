@@ -18,21 +18,23 @@
 
 pub mod etcd;
 pub mod file;
+pub mod idempotency;
 mod stats;
 mod toml_out;
 pub mod watch;
+mod writer;
 
 pub use stats::{DeliveryOutcome, DeliveryStats};
+pub use writer::{Keyed, Store, Written};
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use http::Uri;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -40,24 +42,15 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
-use crate::proxy::pool::Origin;
 use crate::secret::{RandomError, Secret};
 use crate::signing::{EndpointSigner, Scheme, UnknownScheme};
+use idempotency::{IdempotencyKey, IdempotencyLog, Recorded};
 
 /// The longest endpoint URL accepted (characters).
 pub const MAX_URL_LEN: usize = 2048;
 
 /// The longest rotation overlap window (SPEC section 5: `previousSecretExpiresIn` 0 to 86400).
 pub const MAX_OVERLAP: Duration = Duration::from_secs(86_400);
-
-/// The live store: the current snapshot, swapped atomically, and the backend behind it.
-pub struct Store {
-    current: ArcSwap<Snapshot>,
-    loaded: AtomicBool,
-    backend: Box<dyn Backend>,
-    /// Serializes writes; never taken on the delivery path.
-    write_lock: tokio::sync::Mutex<()>,
-}
 
 /// Runs `work` (reading, parsing, validating and keying a whole store: 0.7 s at 100,000
 /// endpoints) on tokio's blocking pool. The runtime keeps serving deliveries meanwhile (with one
@@ -90,16 +83,33 @@ pub trait Backend: Send + Sync + fmt::Debug {
         previous: Arc<Snapshot>,
     ) -> BackendFuture<'_, Result<Option<Snapshot>, LoadError>>;
 
-    /// Makes `records` the whole store, durably, before returning.
-    fn persist(&self, records: Vec<EndpointRecord>) -> BackendFuture<'_, Result<(), WriteError>>;
+    /// Makes `next` the store, durably, before returning: `edit` says what changed since the
+    /// snapshot in service (the file backend writes `next` whole; etcd writes the edited keys
+    /// alone, with the idempotency record the edit carries).
+    fn persist(
+        &self,
+        next: Arc<Snapshot>,
+        edit: Arc<Edit>,
+    ) -> BackendFuture<'_, Result<(), WriteError>>;
 
     /// Makes `snapshot` (with its delivery records as they are now) the whole store, durably:
-    /// the periodic record flush. The default builds the records for [`Backend::persist`].
+    /// the periodic record flush. Only called when [`Backend::stores_delivery_records`].
     fn persist_snapshot(
         &self,
         snapshot: Arc<Snapshot>,
     ) -> BackendFuture<'_, Result<(), WriteError>> {
-        Box::pin(async move { self.persist(snapshot.records()).await })
+        let _ = snapshot;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// An idempotency key recorded in the backend by another writer (another replica) that the
+    /// snapshot does not hold yet. The default: the snapshot holds every key.
+    fn find_idempotent<'a>(
+        &'a self,
+        key: &'a IdempotencyKey,
+    ) -> BackendFuture<'a, Result<Option<Arc<Recorded>>, WriteError>> {
+        let _ = key;
+        Box::pin(async { Ok(None) })
     }
 
     /// Whether this backend stores delivery records (counters, last status). The file backend
@@ -117,9 +127,31 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
-/// Why a write was not made. Nothing was changed, on disk or in memory.
+/// Why a write was not made. Nothing was changed, on disk or in memory (except where a variant
+/// says otherwise).
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
+    /// No snapshot has been loaded yet (the backend was unreachable at start-up).
+    #[error("the store has not been loaded yet; nothing was written, retry")]
+    NotLoaded,
+    /// The same idempotency key was sent with another request (422 `idempotency_key_reused`).
+    #[error(
+        "this Idempotency-Key was used with a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    /// The writer task is gone (the process is shutting down).
+    #[error("the store writer has stopped; nothing was written")]
+    WriterGone,
+    /// The disk is full or over quota: nothing was written, the store file is as it was
+    /// (507 `store_write_failed`).
+    #[error("the store cannot be written (no space left); nothing was written: {0}")]
+    NoSpace(#[source] std::io::Error),
+    /// The new file was renamed into place but the directory could not be made durable: the
+    /// change is on disk and in service, but may not survive a power loss.
+    #[error(
+        "the change was written and is in service, but syncing the store's directory failed: {0}"
+    )]
+    NotDurable(#[source] std::io::Error),
     #[error("the store is read-only here ({0}); change it where it is managed")]
     ReadOnly(String),
     #[error("the store changed on disk and no longer loads; fix it before writing: {0}")]
@@ -155,6 +187,13 @@ pub enum LoadError {
     /// The backend cannot be reached (etcd down); not a problem of the data.
     #[error("store {path} is unavailable: {message}")]
     Unavailable { path: String, message: String },
+    /// The file holds no endpoint while the snapshot in service has some: an empty or
+    /// truncated file is refused unless it says `webhooks = []`.
+    #[error("store {path} holds no endpoint (empty or truncated?); write `webhooks = []` to remove every endpoint on purpose")]
+    Emptied { path: String },
+    /// The writer task is gone (the process is shutting down).
+    #[error("the store writer has stopped")]
+    WriterGone,
 }
 
 impl LoadError {
@@ -169,156 +208,54 @@ impl LoadError {
     }
 }
 
-impl Store {
-    /// A store serving `initial`, written through `backend`.
-    pub fn new(initial: Snapshot, backend: Box<dyn Backend>) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(initial),
-            loaded: AtomicBool::new(true),
-            backend,
-            write_lock: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// A store whose backend could not be read yet: empty and not ready (`/readyz` 503) until
-    /// the backend's [`Backend::watch`] loads it.
-    pub fn pending(backend: Box<dyn Backend>) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(Snapshot::default()),
-            loaded: AtomicBool::new(false),
-            backend,
-            write_lock: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Changes the store: `change` edits the current records (delivery records included) or
-    /// refuses; the result is validated, made durable by the backend, and only then swapped in.
-    /// Writes are serialized. An edit someone else made to the backend since hooksign last read
-    /// or wrote it is loaded first, so it is built upon, never overwritten.
-    pub async fn update<T, E: From<WriteError>>(
-        &self,
-        change: impl FnOnce(&mut Vec<EndpointRecord>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let _writing = self.write_lock.lock().await;
-        if !self.is_loaded() {
-            return Err(
-                WriteError::Unavailable("the store has not been loaded yet".to_owned()).into(),
-            );
-        }
-        let current = self.with_outside_edits().await?;
-        let mut records = current.records();
-        let outcome = change(&mut records)?;
-        let next = {
-            let (records, current) = (records.clone(), Arc::clone(&current));
-            off_runtime(move || {
-                Snapshot::build(records, Some(&current), |index, field| {
-                    format!("webhooks[{index}].{field}")
-                })
-            })
-            .await
-            .map_err(WriteError::Invalid)?
-        };
-        self.backend.persist(records).await?;
-        self.replace(next);
-        Ok(outcome)
-    }
-
-    /// The snapshot a write builds on (call with the write lock held): the current one, or, when
-    /// someone else changed the backend since hooksign last read or wrote it, that content,
-    /// loaded and swapped in first. A change that does not load refuses the write.
-    async fn with_outside_edits(&self) -> Result<Arc<Snapshot>, WriteError> {
-        match self.backend.load_if_changed(self.snapshot()).await {
-            Ok(Some(fresh)) => {
-                tracing::info!("store changed outside hooksign; building on the new content");
-                self.replace(fresh);
-                Ok(self.snapshot())
-            }
-            Ok(None) => Ok(self.snapshot()),
-            Err(err) => Err(WriteError::Conflict(err)),
-        }
-    }
-
-    /// Re-reads the store if its content changed since hooksign last read or wrote it (so
-    /// hooksign's own writes are not reloaded); the endpoint count when it swapped a new snapshot.
-    pub async fn reload_if_changed(&self) -> Result<Option<usize>, LoadError> {
-        let _writing = self.write_lock.lock().await;
-        match self.backend.load_if_changed(self.snapshot()).await? {
-            Some(next) => {
-                let count = next.len();
-                self.replace(next);
-                Ok(Some(count))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Re-reads the whole store from the backend and swaps it in; on failure the snapshot in
-    /// service stays.
-    pub async fn reload(&self) -> Result<usize, LoadError> {
-        let _writing = self.write_lock.lock().await;
-        let next = self.backend.load(Some(self.snapshot())).await?;
-        let count = next.len();
-        self.replace(next);
-        Ok(count)
-    }
-
-    /// Swaps in the snapshot `change` builds from the current one (a backend's watch applying
-    /// a change made elsewhere), serialized with writes; `None` keeps the current snapshot.
-    /// Returns the new snapshot's endpoint count when one was swapped in.
-    pub async fn apply(&self, change: impl FnOnce(&Snapshot) -> Option<Snapshot>) -> Option<usize> {
-        let _writing = self.write_lock.lock().await;
-        let next = change(&self.snapshot())?;
-        let count = next.len();
-        self.replace(next);
-        Some(count)
-    }
-
-    /// Follows the backend's changes until `shutdown` (see [`Backend::watch`]).
-    pub async fn watch(&self, shutdown: CancellationToken) {
-        self.backend.watch(self, shutdown).await;
-    }
-
-    /// Writes the delivery records out if any delivery happened since the last write; nothing
-    /// for a backend that keeps them local ([`Backend::stores_delivery_records`]).
-    pub async fn flush_delivery_records(&self, last_total: &mut u64) -> Result<bool, WriteError> {
-        if !self.backend.stores_delivery_records() {
-            return Ok(false);
-        }
-        let total = self.snapshot().delivery_total();
-        if total == *last_total {
-            return Ok(false);
-        }
-        // The records change, the endpoints do not: write them without rebuilding the snapshot
-        // (no re-parsing or re-keying of every endpoint every flush).
-        let _writing = self.write_lock.lock().await;
-        let current = self.with_outside_edits().await?;
-        self.backend.persist_snapshot(current).await?;
-        *last_total = total;
-        Ok(true)
-    }
-
-    /// The current snapshot: one atomic load, no lock. Keep the `Arc` for the whole request.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current.load_full()
-    }
-
-    /// Swaps `next` in; requests that already hold the old snapshot finish with it.
-    pub fn replace(&self, next: Snapshot) {
-        self.current.store(Arc::new(next));
-        self.loaded.store(true, Ordering::Release);
-    }
-
-    /// Whether a snapshot has been loaded (`/readyz`).
-    pub fn is_loaded(&self) -> bool {
-        self.loaded.load(Ordering::Acquire)
-    }
+/// What a write changes: endpoints put (new or replaced, by uuid) and uuids deleted, and the
+/// idempotency record written with them.
+#[derive(Debug, Default)]
+pub struct Edit {
+    puts: Vec<EndpointRecord>,
+    deletes: Vec<Uuid>,
+    /// Set by the writer for a write made under an idempotency key.
+    record: Option<Arc<Recorded>>,
 }
 
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("endpoints", &self.current.load().len())
-            .finish_non_exhaustive()
+impl Edit {
+    /// Puts `record` (a new endpoint, or the new version of one with its uuid).
+    pub fn put(record: EndpointRecord) -> Self {
+        Self {
+            puts: vec![record],
+            ..Self::default()
+        }
+    }
+
+    /// Deletes the endpoint `uuid`.
+    pub fn delete(uuid: Uuid) -> Self {
+        Self {
+            deletes: vec![uuid],
+            ..Self::default()
+        }
+    }
+
+    /// Nothing to change.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn puts(&self) -> &[EndpointRecord] {
+        &self.puts
+    }
+
+    pub fn deletes(&self) -> &[Uuid] {
+        &self.deletes
+    }
+
+    /// The idempotency record this write carries.
+    pub fn recorded(&self) -> Option<&Arc<Recorded>> {
+        self.record.as_ref()
+    }
+
+    /// Whether the edit changes no endpoint.
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
     }
 }
 
@@ -327,12 +264,15 @@ impl fmt::Debug for Store {
 pub struct Snapshot {
     endpoints: Vec<Arc<Endpoint>>,
     by_uuid: HashMap<Uuid, usize>,
+    /// Idempotency keys recorded with writes (never read on the delivery path).
+    idempotency: Arc<IdempotencyLog>,
 }
 
 impl Snapshot {
     /// Builds a snapshot from records, checking each and refusing duplicate uuids. Every problem
     /// is collected, each prefixed by `locate(index, field)` (the record's position for messages).
-    /// Endpoints that `previous` also holds keep its delivery records.
+    /// Endpoints that `previous` also holds keep its delivery records; one whose stored record
+    /// is unchanged is carried over whole (keyed signer, upstream slot), not rebuilt.
     pub fn build(
         records: Vec<EndpointRecord>,
         previous: Option<&Snapshot>,
@@ -342,10 +282,21 @@ impl Snapshot {
         let mut endpoints = Vec::with_capacity(records.len());
         let mut by_uuid = HashMap::with_capacity(records.len());
         for (index, record) in records.into_iter().enumerate() {
-            let carried = Uuid::parse_str(&record.uuid)
+            let old = Uuid::parse_str(&record.uuid)
                 .ok()
-                .and_then(|uuid| previous?.get(&uuid))
-                .map(|endpoint| Arc::clone(&endpoint.stats));
+                .and_then(|uuid| previous?.get(&uuid));
+            if let Some(old) = old.filter(|old| old.holds(&record)) {
+                if by_uuid.insert(old.uuid, endpoints.len()).is_some() {
+                    problems.push(format!(
+                        "{}: duplicate uuid {}",
+                        locate(index, "uuid"),
+                        old.uuid
+                    ));
+                }
+                endpoints.push(Arc::clone(old));
+                continue;
+            }
+            let carried = old.map(|endpoint| Arc::clone(&endpoint.stats));
             match Endpoint::from_record(record, carried) {
                 Ok(endpoint) => {
                     let uuid = endpoint.uuid;
@@ -360,10 +311,74 @@ impl Snapshot {
             }
         }
         if problems.is_empty() {
-            Ok(Self { endpoints, by_uuid })
+            Ok(Self {
+                endpoints,
+                by_uuid,
+                idempotency: previous
+                    .map(|p| Arc::clone(&p.idempotency))
+                    .unwrap_or_default(),
+            })
         } else {
             Err(problems)
         }
+    }
+
+    /// This snapshot with `edit` made: only the endpoints it puts are built (carrying their
+    /// delivery records); every other endpoint is shared as it is. Problems name the uuid.
+    pub fn with_edit(&self, edit: &Edit) -> Result<Self, Vec<String>> {
+        let mut endpoints = self.endpoints.clone();
+        let mut by_uuid = self.by_uuid.clone();
+        if !edit.deletes.is_empty() {
+            endpoints.retain(|endpoint| !edit.deletes.contains(&endpoint.uuid));
+            by_uuid = endpoints
+                .iter()
+                .enumerate()
+                .map(|(index, endpoint)| (endpoint.uuid, index))
+                .collect();
+        }
+        let mut problems = Vec::new();
+        for record in &edit.puts {
+            let old = Uuid::parse_str(&record.uuid)
+                .ok()
+                .and_then(|uuid| self.get(&uuid));
+            let carried = old.map(|endpoint| Arc::clone(&endpoint.stats));
+            match Endpoint::from_record(record.clone(), carried) {
+                Ok(endpoint) => match by_uuid.get(&endpoint.uuid) {
+                    Some(&index) => endpoints[index] = Arc::new(endpoint),
+                    None => {
+                        by_uuid.insert(endpoint.uuid, endpoints.len());
+                        endpoints.push(Arc::new(endpoint));
+                    }
+                },
+                Err((field, message)) => {
+                    problems.push(format!("webhooks[{}].{field}: {message}", record.uuid))
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(Self {
+            endpoints,
+            by_uuid,
+            idempotency: Arc::clone(&self.idempotency),
+        })
+    }
+
+    /// The idempotency keys recorded with writes.
+    pub fn idempotency(&self) -> &IdempotencyLog {
+        &self.idempotency
+    }
+
+    /// Records an idempotency key in this (not yet shared) snapshot.
+    pub fn record_idempotent(&mut self, recorded: Arc<Recorded>) {
+        Arc::make_mut(&mut self.idempotency).insert(recorded);
+    }
+
+    /// This snapshot holding `log` as its idempotency keys (a backend's load).
+    pub fn with_idempotency(mut self, log: IdempotencyLog) -> Self {
+        self.idempotency = Arc::new(log);
+        self
     }
 
     /// The endpoint with this uuid.
@@ -421,7 +436,7 @@ impl Status {
 }
 
 /// One `[[webhooks]]` table as stored.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRecord {
     pub uuid: String,
@@ -499,9 +514,10 @@ pub struct Endpoint {
     pub signer: EndpointSigner,
     pub created_at: Option<OffsetDateTime>,
     pub updated_at: Option<OffsetDateTime>,
-    /// The upstream connection pool of this endpoint's origin, found on its first delivery in
-    /// this snapshot (so the delivery path looks nothing up).
-    pub origin: OnceLock<Arc<Origin>>,
+    /// A slot the delivery path fills on the endpoint's first delivery (the proxy keeps its
+    /// upstream origin there, so later deliveries look nothing up). The store does not know
+    /// what it holds; it lives as long as this endpoint is carried from snapshot to snapshot.
+    pub route: OnceLock<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Endpoint {
@@ -623,8 +639,20 @@ impl Endpoint {
             created_at,
             updated_at,
             stats,
-            origin: OnceLock::new(),
+            route: OnceLock::new(),
         })
+    }
+
+    /// Whether `record` is this endpoint's stored record (delivery records aside): a reload
+    /// then carries the endpoint over as it is.
+    pub fn holds(&self, record: &EndpointRecord) -> bool {
+        let mut now = self.record_now();
+        now.deliveries_count = record.deliveries_count;
+        now.last_delivery_at.clone_from(&record.last_delivery_at);
+        now.last_delivery_status
+            .clone_from(&record.last_delivery_status);
+        now.consecutive_failures = record.consecutive_failures;
+        now == *record
     }
 
     /// The record to store, with the delivery records as they are now. Times are written in
@@ -772,7 +800,7 @@ pub fn now_text() -> String {
     format_time(OffsetDateTime::now_utc())
 }
 
-fn parse_time(text: Option<&str>) -> Result<Option<OffsetDateTime>, String> {
+pub(crate) fn parse_time(text: Option<&str>) -> Result<Option<OffsetDateTime>, String> {
     text.map(|t| {
         OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .map_err(|_| format!("{t:?} is not an RFC 3339 time such as 2026-02-18T10:00:00Z"))

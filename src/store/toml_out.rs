@@ -18,12 +18,15 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{format_time, DeliveryOutcome, Endpoint, EndpointRecord};
+use super::{format_time, idempotency, DeliveryOutcome, Endpoint, EndpointRecord};
 
 /// The TOML text of `records` after `header` (comment lines): one `[[webhooks]]` table each,
 /// fields in the record's order, optional fields left out when unset, as the toml crate would.
 pub fn render(header: &str, records: &[EndpointRecord]) -> Zeroizing<String> {
     render_with(header, |out| {
+        if records.is_empty() {
+            out.put(EMPTY);
+        }
         for (index, record) in records.iter().enumerate() {
             write_fields(out, index, &Fields::of_record(record));
         }
@@ -32,9 +35,17 @@ pub fn render(header: &str, records: &[EndpointRecord]) -> Zeroizing<String> {
 
 /// The same text as [`render`] of every endpoint's [`Endpoint::record_now`], without building
 /// the records. Delivery records are read once, before the text is counted.
-pub fn render_endpoints(header: &str, endpoints: &[Arc<Endpoint>]) -> Zeroizing<String> {
+/// After the endpoints come the live idempotency keys, one `[[idempotency]]` table each.
+pub fn render_endpoints(
+    header: &str,
+    endpoints: &[Arc<Endpoint>],
+    keys: &[&Arc<idempotency::Recorded>],
+) -> Zeroizing<String> {
     let recorded: Vec<Recorded> = endpoints.iter().map(|e| Recorded::of(e)).collect();
     render_with(header, |out| {
+        if endpoints.is_empty() {
+            out.put(EMPTY);
+        }
         for (index, (endpoint, recorded)) in endpoints.iter().zip(&recorded).enumerate() {
             let mut uuid = [0u8; 36];
             let mut company = [0u8; 36];
@@ -62,8 +73,24 @@ pub fn render_endpoints(header: &str, endpoints: &[Arc<Endpoint>]) -> Zeroizing<
             };
             write_fields(out, index, &fields);
         }
+        for (index, key) in keys.iter().enumerate() {
+            if index > 0 || !endpoints.is_empty() {
+                out.put("\n");
+            }
+            let stored = key.stored();
+            out.put("[[idempotency]]\n");
+            string(out, "company", &stored.company);
+            string(out, "key", &stored.key);
+            string(out, "fingerprint", &stored.fingerprint);
+            count(out, "status", u64::from(stored.status));
+            string(out, "body", &stored.body);
+            string(out, "created_at", &stored.created_at);
+        }
     })
 }
+
+/// What a store with no endpoint says, so that an empty or truncated file is not taken for it.
+pub const EMPTY: &str = "webhooks = []\n";
 
 /// Counts the text, then writes it into a buffer of exactly that size.
 fn render_with(header: &str, write: impl Fn(&mut dyn Sink)) -> Zeroizing<String> {
@@ -390,7 +417,7 @@ mod tests {
         let snapshot =
             super::super::Snapshot::build(records, None, |i, f| format!("{i}.{f}")).unwrap();
         snapshot.endpoints[0].stats.record(DeliveryOutcome::Success);
-        let direct = render_endpoints("# h\n", &snapshot.endpoints);
+        let direct = render_endpoints("# h\n", &snapshot.endpoints, &[]);
         let via_records = render("# h\n", &snapshot.records());
         assert_eq!(*direct, *via_records);
         assert!(direct.contains("created_at = \"2026-02-18T10:00:00Z\""));
@@ -413,7 +440,7 @@ mod tests {
     }
 
     #[test]
-    fn no_records_is_just_the_header() {
-        assert_eq!(&*render("# only\n", &[]), "# only\n");
+    fn no_records_says_so_explicitly() {
+        assert_eq!(&*render("# only\n", &[]), "# only\nwebhooks = []\n");
     }
 }
