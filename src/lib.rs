@@ -294,7 +294,8 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
     // The etcd backend follows its own watch (started by `serve`); only a file needs watching.
     if state.config.store.backend == config::StoreBackend::File {
         if let Err(err) = store::watch::spawn(
-            Arc::clone(state),
+            state.store.clone(),
+            state.metrics.reload.clone(),
             state.config.store.path.clone(),
             shutdown.clone(),
         ) {
@@ -322,7 +323,7 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             received = hangups.recv() => if received.is_none() { return },
         }
         tracing::info!("SIGHUP received; reloading the store");
-        store::watch::reload_now(&state).await;
+        store::watch::reload_now(&state.store, &state.metrics.reload).await;
     }
 }
 

@@ -50,9 +50,8 @@ pub struct Metrics {
     deliveries: Vec<IntCounter>,
     upstream_duration: Histogram,
     in_flight: IntGauge,
-    reloads_applied: IntCounter,
-    reloads_rejected: IntCounter,
-    last_reload_success: IntGauge,
+    /// Store load and reload results (handed to the store's watcher).
+    pub reload: ReloadMetrics,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     pub egress_blocked: IntCounterVec,
@@ -60,6 +59,36 @@ pub struct Metrics {
     egress_blocked_by_reason: Vec<IntCounter>,
     pub admin_requests: IntCounterVec,
     pub store_backend: StoreBackendMetrics,
+}
+
+/// `hooksign_store_reloads_total` and `hooksign_store_last_reload_success`: the handle the
+/// store's watcher records its reloads with (the endpoint gauge follows every swap by itself).
+#[derive(Clone, Debug)]
+pub struct ReloadMetrics {
+    applied: IntCounter,
+    rejected: IntCounter,
+    last_success: IntGauge,
+}
+
+impl ReloadMetrics {
+    /// Counts one load or reload by its result.
+    pub fn record(&self, outcome: ReloadOutcome) {
+        match outcome {
+            ReloadOutcome::Applied => {
+                self.applied.inc();
+                self.last_success.set(1);
+            }
+            ReloadOutcome::Rejected => {
+                self.rejected.inc();
+                self.last_success.set(0);
+            }
+        }
+    }
+
+    /// Whether the last load was rejected.
+    pub fn last_failed(&self) -> bool {
+        self.last_success.get() == 0
+    }
 }
 
 /// Keeps `hooksign_proxy_requests_in_flight` up while it lives.
@@ -161,9 +190,11 @@ impl Metrics {
             deliveries,
             upstream_duration,
             in_flight,
-            reloads_applied: reloads.with_label_values(&["success"]),
-            reloads_rejected: reloads.with_label_values(&["error"]),
-            last_reload_success,
+            reload: ReloadMetrics {
+                applied: reloads.with_label_values(&["success"]),
+                rejected: reloads.with_label_values(&["error"]),
+                last_success: last_reload_success,
+            },
             store_backend: StoreBackendMetrics {
                 up: backend_up,
                 reconnects,
@@ -200,16 +231,7 @@ impl Metrics {
 
     /// Records a store load: its result and, when applied, the endpoint count.
     pub fn store_reload(&self, outcome: ReloadOutcome, endpoints: Option<usize>) {
-        match outcome {
-            ReloadOutcome::Applied => {
-                self.reloads_applied.inc();
-                self.last_reload_success.set(1);
-            }
-            ReloadOutcome::Rejected => {
-                self.reloads_rejected.inc();
-                self.last_reload_success.set(0);
-            }
-        }
+        self.reload.record(outcome);
         if let Some(count) = endpoints {
             self.store_endpoints
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -218,7 +240,7 @@ impl Metrics {
 
     /// Whether the last store load was rejected (`hooksign_store_last_reload_success 0`).
     pub fn last_reload_failed(&self) -> bool {
-        self.last_reload_success.get() == 0
+        self.reload.last_failed()
     }
 
     /// Counts one admin request. `route` is a matched route template (or

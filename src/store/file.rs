@@ -273,6 +273,7 @@ fn classify_write_error(err: io::Error) -> WriteError {
         io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
             WriteError::ReadOnly(err.to_string())
         }
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => WriteError::NoSpace(err),
         _ if matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT)) => WriteError::NoSpace(err),
         _ => WriteError::Io(err),
     }

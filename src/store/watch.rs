@@ -6,10 +6,15 @@
 //! cause no reload storm. A file that does not load is rejected whole: the snapshot in service
 //! stays, the error is logged with its position, and the metrics say so. `SIGHUP` forces a
 //! re-read.
+//!
+//! The watch follows the directory, not just its name: every [`DIR_CHECK`] the directory's
+//! identity (device and inode) is compared with what is watched, so a directory that was
+//! replaced or recreated (`mv store store.old; mkdir store`) is watched anew and re-read.
+//! Reloads go through the store's writer like every other change.
 
 use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
@@ -17,13 +22,15 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::ReloadOutcome;
-use crate::AppState;
+use super::{LoadError, Store};
+use crate::metrics::{ReloadMetrics, ReloadOutcome};
 
 /// Quiet time after the last change before the file is re-read.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A stream of changes still reloads at least this often.
 const MAX_DELAY: Duration = Duration::from_millis(500);
+/// How often the watched directory's identity is checked (one `stat`).
+pub const DIR_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the watch could not start (hooksign keeps serving; reloads then need `SIGHUP`).
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +41,10 @@ pub struct WatchError {
     source: notify::Error,
 }
 
-/// Watches `path`'s directory until `shutdown` fires, reloading the store on every change.
+/// Watches `path`'s directory until `shutdown` fires, reloading `store` on every change.
 pub fn spawn(
-    state: Arc<AppState>,
+    store: Store,
+    reloads: ReloadMetrics,
     path: PathBuf,
     shutdown: CancellationToken,
 ) -> Result<(), WatchError> {
@@ -70,62 +78,84 @@ pub fn spawn(
             dir: dir.display().to_string(),
             source,
         })?;
+    let mut watched = identity(&dir);
     tracing::info!(dir = %dir.display(), "watching the store file for changes");
 
     tokio::spawn(async move {
-        let _watcher = watcher;
+        let mut checks = tokio::time::interval(DIR_CHECK);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                received = changed.recv() => if received.is_none() { return },
+                received = changed.recv() => {
+                    if received.is_none() { return }
+                    debounce(&mut changed).await;
+                }
+                _ = checks.tick() => {
+                    let now = identity(&dir);
+                    if now == watched || now.is_none() {
+                        continue;
+                    }
+                    // Replaced or recreated: watch the directory now at that path.
+                    let _ = watcher.unwatch(&dir);
+                    match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                        Ok(()) => {
+                            watched = now;
+                            tracing::warn!(dir = %dir.display(), "the store's directory was replaced; watching the new one");
+                        }
+                        Err(err) => {
+                            tracing::error!(dir = %dir.display(), error = %err, "cannot watch the store's new directory; will retry");
+                            continue;
+                        }
+                    }
+                }
             }
-            debounce(&mut changed).await;
-            reload_if_changed(&state).await;
+            reload_if_changed(&store, &reloads).await;
         }
     });
     Ok(())
 }
 
 /// Re-reads the store whatever its content (`SIGHUP`).
-pub async fn reload_now(state: &AppState) {
-    match state.store.reload().await {
+pub async fn reload_now(store: &Store, reloads: &ReloadMetrics) {
+    match store.reload().await {
         Ok(count) => {
-            state
-                .metrics
-                .store_reload(ReloadOutcome::Applied, Some(count));
+            reloads.record(ReloadOutcome::Applied);
             tracing::info!(endpoints = count, "store reloaded");
         }
-        Err(err) => reject(state, &err),
+        Err(err) => reject(reloads, &err),
     }
 }
 
-async fn reload_if_changed(state: &AppState) {
-    match state.store.reload_if_changed().await {
+async fn reload_if_changed(store: &Store, reloads: &ReloadMetrics) {
+    match store.reload_if_changed().await {
         Ok(Some(count)) => {
-            state
-                .metrics
-                .store_reload(ReloadOutcome::Applied, Some(count));
+            reloads.record(ReloadOutcome::Applied);
             tracing::info!(endpoints = count, "store file changed; reloaded");
         }
         // Back to the content in service after a rejected edit: the store is healthy again.
-        Ok(None) if state.metrics.last_reload_failed() => {
-            let count = state.store.snapshot().len();
-            state
-                .metrics
-                .store_reload(ReloadOutcome::Applied, Some(count));
+        Ok(None) if reloads.last_failed() => {
+            reloads.record(ReloadOutcome::Applied);
             tracing::info!(
-                endpoints = count,
+                endpoints = store.snapshot().len(),
                 "store file restored to the content in service"
             );
         }
         Ok(None) => tracing::debug!("store file event with unchanged content; nothing to reload"),
-        Err(err) => reject(state, &err),
+        Err(err) => reject(reloads, &err),
     }
 }
 
-fn reject(state: &AppState, err: &crate::store::LoadError) {
-    state.metrics.store_reload(ReloadOutcome::Rejected, None);
+fn reject(reloads: &ReloadMetrics, err: &LoadError) {
+    reloads.record(ReloadOutcome::Rejected);
     tracing::error!(error = %err, "store rejected; the previous snapshot stays in service");
+}
+
+/// A directory's device and inode (`None`: it does not exist now).
+fn identity(dir: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(dir)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// Waits until no change arrived for [`DEBOUNCE`], or [`MAX_DELAY`] passed.

@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use super::idempotency::{IdempotencyKey, Recorded};
 use super::{off_runtime, Backend, BackendFuture, Edit, LoadError, Snapshot, WriteError};
 
-/// The live store: a handle to the current snapshot and to the writer task.
+/// The live store: a handle to the current snapshot and to the writer task. Clones are handles
+/// to the same store.
+#[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
     jobs: mpsc::UnboundedSender<Job>,
@@ -338,9 +340,19 @@ impl Shared {
             next.record_idempotent(recorded);
         }
         let next = Arc::new(next);
-        self.backend
+        match self
+            .backend
             .persist(Arc::clone(&next), Arc::new(edit))
-            .await?;
+            .await
+        {
+            Ok(()) => {}
+            // The new content is the file: serve it, and say so in the error.
+            Err(err @ WriteError::NotDurable(_)) => {
+                self.replace(next);
+                return Err(err.into());
+            }
+            Err(err) => return Err(err.into()),
+        }
         self.replace(Arc::clone(&next));
         Ok(Keyed::Fresh(Written {
             value,
