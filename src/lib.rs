@@ -12,6 +12,7 @@
 //! - [`proxy`]: the delivery path (hyper server in, pooled rustls client out).
 //! - [`egress`]: the SSRF guard: resolve, classify every address, dial the checked one.
 //! - [`admin`]: the operator port (probes, metrics).
+//! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`cli`]: the command line (`serve`, `check`, `token`, `sign`, `verify`, `healthcheck`).
 
@@ -27,7 +28,10 @@ pub mod metrics;
 pub mod proxy;
 pub mod secret;
 pub mod signing;
+pub mod state;
 pub mod store;
+
+pub use state::{AppState, BuildError};
 
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};
@@ -38,27 +42,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, LogFormat, StoreBackend};
-use crate::egress::{EgressPolicy, Resolve, SystemResolver};
-use crate::metrics::{Metrics, ReloadOutcome};
-use crate::proxy::client::{self, ClientError};
-use crate::proxy::pool::Upstream;
-use crate::store::etcd::EtcdBackend;
-use crate::store::file::FileBackend;
-use crate::store::{Backend, LoadError, Store};
-
-/// Everything the servers share, handed down as one `Arc`.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub store: Store,
-    pub admin_tokens: admin::Tokens,
-    pub metrics: Metrics,
-    /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
-    /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
-    pub egress: Arc<EgressPolicy>,
-    pub upstream: Upstream,
-}
+use crate::config::{Config, ConfigError, LogFormat};
 
 /// Why hooksign could not run.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +50,7 @@ pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Store(#[from] LoadError),
-    #[error(transparent)]
-    Client(#[from] ClientError),
+    Build(#[from] BuildError),
     #[error("binding {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
@@ -76,8 +58,6 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
-    #[error("registering metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -89,62 +69,10 @@ pub enum RunError {
 impl RunError {
     /// Whether the configuration (or the store it names) is at fault: `serve` exits 64.
     pub fn is_config(&self) -> bool {
-        matches!(self, Self::Config(_) | Self::Store(_) | Self::Client(_))
-    }
-}
-
-impl AppState {
-    /// Builds the state for `config`: metrics, the store loaded from its backend, the egress
-    /// guard on the system resolver, the client.
-    pub async fn build(config: Config) -> Result<Arc<Self>, RunError> {
-        Self::build_with_resolver(config, Arc::new(SystemResolver)).await
-    }
-
-    /// As [`AppState::build`], with the egress guard resolving names through `resolver`.
-    pub async fn build_with_resolver(
-        config: Config,
-        resolver: Arc<dyn Resolve>,
-    ) -> Result<Arc<Self>, RunError> {
-        let metrics = Metrics::new()?;
-        let backend: Box<dyn Backend> = match config.store.backend {
-            StoreBackend::File => {
-                let file = FileBackend::new(config.store.path.clone());
-                file.remove_stale_temp_files();
-                Box::new(file)
-            }
-            StoreBackend::Etcd => Box::new(
-                EtcdBackend::connect(&config.store.etcd, Some(metrics.store_backend.clone()))
-                    .await?,
-            ),
-        };
-        let store = match backend.load(None).await {
-            Ok(snapshot) => {
-                metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
-                tracing::info!(endpoints = snapshot.len(), "store loaded");
-                Store::new(snapshot, backend, metrics.store_backend.endpoints.clone())
-            }
-            // etcd down at start-up: not ready until its watch loads the store.
-            Err(err @ LoadError::Unavailable { .. }) => {
-                tracing::warn!(error = %err, "store unavailable; not ready until it loads");
-                metrics.store_backend.up.set(0);
-                Store::pending(backend, metrics.store_backend.endpoints.clone())
-            }
-            Err(err) => {
-                metrics.store_reload(ReloadOutcome::Rejected, None);
-                return Err(err.into());
-            }
-        };
-        let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
-        let upstream = client::build(&config.egress, Arc::clone(&egress))?;
-        let admin_tokens = admin::Tokens::new(&config.admin);
-        Ok(Arc::new(Self {
-            config,
-            store,
-            admin_tokens,
-            metrics,
-            egress,
-            upstream,
-        }))
+        matches!(
+            self,
+            Self::Config(_) | Self::Build(BuildError::Store(_) | BuildError::Client(_))
+        )
     }
 }
 

@@ -1,0 +1,94 @@
+//! What the proxy and admin ports share: [`AppState`], built from the configuration (metrics,
+//! the store loaded from its backend, the egress guard, the upstream client, admin tokens).
+//! It sits below both servers, so neither reaches up into `lib.rs` for it.
+
+use std::sync::Arc;
+
+use crate::admin;
+use crate::config::{Config, StoreBackend};
+use crate::egress::{EgressPolicy, Resolve, SystemResolver};
+use crate::metrics::{Metrics, ReloadOutcome};
+use crate::proxy::client::{self, ClientError};
+use crate::proxy::pool::Upstream;
+use crate::store::etcd::EtcdBackend;
+use crate::store::file::FileBackend;
+use crate::store::{Backend, LoadError, Store};
+
+/// Everything the servers share, handed down as one `Arc`.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub store: Store,
+    pub admin_tokens: admin::Tokens,
+    pub metrics: Metrics,
+    /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
+    /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
+    pub egress: Arc<EgressPolicy>,
+    pub upstream: Upstream,
+}
+
+/// Why the state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Store(#[from] LoadError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+impl AppState {
+    /// Builds the state for `config`: metrics, the store loaded from its backend, the egress
+    /// guard on the system resolver, the client.
+    pub async fn build(config: Config) -> Result<Arc<Self>, BuildError> {
+        Self::build_with_resolver(config, Arc::new(SystemResolver)).await
+    }
+
+    /// As [`AppState::build`], with the egress guard resolving names through `resolver`.
+    pub async fn build_with_resolver(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Self>, BuildError> {
+        let metrics = Metrics::new()?;
+        let backend: Box<dyn Backend> = match config.store.backend {
+            StoreBackend::File => {
+                let file = FileBackend::new(config.store.path.clone());
+                file.remove_stale_temp_files();
+                Box::new(file)
+            }
+            StoreBackend::Etcd => Box::new(
+                EtcdBackend::connect(&config.store.etcd, Some(metrics.store_backend.clone()))
+                    .await?,
+            ),
+        };
+        let store = match backend.load(None).await {
+            Ok(snapshot) => {
+                metrics.store_reload(ReloadOutcome::Applied, Some(snapshot.len()));
+                tracing::info!(endpoints = snapshot.len(), "store loaded");
+                Store::new(snapshot, backend, metrics.store_backend.endpoints.clone())
+            }
+            // etcd down at start-up: not ready until its watch loads the store.
+            Err(err @ LoadError::Unavailable { .. }) => {
+                tracing::warn!(error = %err, "store unavailable; not ready until it loads");
+                metrics.store_backend.up.set(0);
+                Store::pending(backend, metrics.store_backend.endpoints.clone())
+            }
+            Err(err) => {
+                metrics.store_reload(ReloadOutcome::Rejected, None);
+                return Err(err.into());
+            }
+        };
+        let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
+        let upstream = client::build(&config.egress, Arc::clone(&egress))?;
+        let admin_tokens = admin::Tokens::new(&config.admin);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            admin_tokens,
+            metrics,
+            egress,
+            upstream,
+        }))
+    }
+}
