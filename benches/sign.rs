@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hooksign::secret::Secret;
 use hooksign::signing::{Delivery, EndpointSigner, MessageId, Scheme};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, USER_AGENT};
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -94,7 +93,7 @@ fn bench(c: &mut Criterion) {
         });
 
         for scheme in Scheme::ALL {
-            let secret = Secret::generate_for(scheme).expect("the OS has randomness");
+            let secret = scheme.generate_secret().expect("the OS has randomness");
             let signer = EndpointSigner::new(scheme, &secret).expect("a generated secret fits");
             let delivery = delivery_for(scheme);
             let mut headers = request_headers(len);

@@ -9,8 +9,6 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::signing::{ed25519, standard_webhooks, Scheme};
-
 /// The prefix every HMAC signing secret carries.
 pub const SECRET_PREFIX: &str = "whsec_";
 
@@ -39,30 +37,6 @@ impl Secret {
             "{SECRET_PREFIX}{}",
             hex::encode(random_bytes::<SECRET_RANDOM_BYTES>()?.as_slice())
         )))
-    }
-
-    /// A new secret in the format `scheme` stores: `whsec_` and 64 hex characters for `storno`,
-    /// `stripe` and `github`; `whsec_` and the standard base64 (with padding) of 32 random bytes
-    /// for `standard-webhooks`; `whsk_` and the base64 of a 32-byte Ed25519 seed for
-    /// `standard-webhooks-ed25519`. Every byte comes from the OS CSPRNG.
-    pub fn generate_for(scheme: Scheme) -> Result<Self, RandomError> {
-        use base64::engine::general_purpose::STANDARD;
-        use base64::Engine as _;
-
-        match scheme {
-            Scheme::StandardWebhooks => {
-                let bytes = random_bytes::<{ standard_webhooks::GENERATED_KEY_BYTES }>()?;
-                Ok(Self::new(format!(
-                    "{SECRET_PREFIX}{}",
-                    STANDARD.encode(bytes.as_slice())
-                )))
-            }
-            Scheme::StandardWebhooksEd25519 => {
-                let seed = random_bytes::<32>()?;
-                Ok(ed25519::encode_private(&seed))
-            }
-            _ => Self::generate(),
-        }
     }
 
     /// The secret's text. Every call site that reads a secret goes through here.
@@ -130,24 +104,6 @@ mod tests {
         assert!(is_hex_secret(a.expose()), "{}", a.expose().len());
         assert!(is_hex_secret(b.expose()));
         assert_ne!(a.expose(), b.expose());
-    }
-
-    #[test]
-    fn generated_secrets_fit_their_scheme() {
-        for scheme in Scheme::ALL {
-            let a = Secret::generate_for(scheme).unwrap();
-            let b = Secret::generate_for(scheme).unwrap();
-            assert_eq!(scheme.check_secret(&a), Ok(()), "{scheme}");
-            assert_ne!(a.expose(), b.expose(), "{scheme}");
-        }
-        let sw = Secret::generate_for(Scheme::StandardWebhooks).unwrap();
-        assert_eq!(sw.expose().len(), "whsec_".len() + 44);
-        assert!(sw.expose().ends_with('='));
-        let ed = Secret::generate_for(Scheme::StandardWebhooksEd25519).unwrap();
-        assert!(ed.expose().starts_with("whsk_"), "prefix");
-        assert!(is_hex_secret(
-            Secret::generate_for(Scheme::Github).unwrap().expose()
-        ));
     }
 
     #[test]

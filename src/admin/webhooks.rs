@@ -22,7 +22,6 @@ use super::error::{AdminError, ApiJson};
 use super::idempotent::{body_of, replay, KeyedBody};
 use crate::config::Permission;
 use crate::proxy::{self, ChunkBody};
-use crate::secret::Secret;
 use crate::signing::{Delivery, Scheme};
 use crate::store::{
     self, now_text, Edit, Endpoint, EndpointRecord, Keyed, RotateError, Snapshot, Status,
@@ -218,8 +217,9 @@ pub async fn create(
             AdminError::Validation(err.to_string())
         })?,
     };
-    let secret =
-        Secret::generate_for(scheme).map_err(|err| AdminError::Internal(err.to_string()))?;
+    let secret = scheme
+        .generate_secret()
+        .map_err(|err| AdminError::Internal(err.to_string()))?;
     let uuid = Uuid::new_v4();
     let now = now_text();
     let record = EndpointRecord {

@@ -29,7 +29,7 @@ use hmac::{Hmac, Mac as _};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::Sha256;
 
-use crate::secret::Secret;
+use crate::secret::{RandomError, Secret, SECRET_PREFIX};
 
 /// HMAC-SHA256, the MAC of every HMAC scheme.
 pub type HmacSha256 = Hmac<Sha256>;
@@ -80,6 +80,32 @@ pub enum KeyError {
 }
 
 impl Scheme {
+    /// A new secret in the format `scheme` stores: `whsec_` and 64 hex characters for `storno`,
+    /// `stripe` and `github`; `whsec_` and the standard base64 (with padding) of 32 random bytes
+    /// for `standard-webhooks`; `whsk_` and the base64 of a 32-byte Ed25519 seed for
+    /// `standard-webhooks-ed25519`. Every byte comes from the OS CSPRNG.
+    pub fn generate_secret(self) -> Result<Secret, RandomError> {
+        use base64::engine::general_purpose::STANDARD;
+        use base64::Engine as _;
+
+        match self {
+            Scheme::StandardWebhooks => {
+                let bytes =
+                    crate::secret::random_bytes::<{ standard_webhooks::GENERATED_KEY_BYTES }>()?;
+                Ok(Secret::new(format!(
+                    "{}{}",
+                    SECRET_PREFIX,
+                    STANDARD.encode(bytes.as_slice())
+                )))
+            }
+            Scheme::StandardWebhooksEd25519 => {
+                let seed = crate::secret::random_bytes::<32>()?;
+                Ok(ed25519::encode_private(&seed))
+            }
+            _ => Secret::generate(),
+        }
+    }
+
     /// Every scheme.
     pub const ALL: [Scheme; 5] = [
         Self::Storno,
@@ -520,7 +546,7 @@ mod tests {
         let body = br#"{"type":"invoice.created","data":{"id":42,"note":"chunked"}}"#;
         let d = delivery(1_700_000_000);
         for scheme in Scheme::ALL {
-            let secret = Secret::generate_for(scheme).unwrap();
+            let secret = scheme.generate_secret().unwrap();
             let signer = EndpointSigner::new(scheme, &secret).unwrap();
             let headers = streamed(&signer, &d, body);
             let id = d.id.as_str();
@@ -577,8 +603,8 @@ mod tests {
             Scheme::Stripe,
             Scheme::StandardWebhooksEd25519,
         ] {
-            let new = Secret::generate_for(scheme).unwrap();
-            let old = Secret::generate_for(scheme).unwrap();
+            let new = scheme.generate_secret().unwrap();
+            let old = scheme.generate_secret().unwrap();
             let alone = EndpointSigner::new(scheme, &new).unwrap();
             let old_alone = EndpointSigner::new(scheme, &old).unwrap();
             let both = alone.clone().with_previous(&old, 1_000).unwrap();
@@ -619,7 +645,7 @@ mod tests {
     #[test]
     fn storno_and_github_refuse_a_previous_key() {
         for scheme in [Scheme::Storno, Scheme::Github] {
-            let secret = Secret::generate_for(scheme).unwrap();
+            let secret = scheme.generate_secret().unwrap();
             let signer = EndpointSigner::new(scheme, &secret).unwrap();
             assert_eq!(
                 signer.with_previous(&secret, u64::MAX).err(),
@@ -630,9 +656,9 @@ mod tests {
 
     #[test]
     fn secrets_must_fit_the_scheme() {
-        let hex = Secret::generate_for(Scheme::Storno).unwrap();
-        let b64 = Secret::generate_for(Scheme::StandardWebhooks).unwrap();
-        let ed = Secret::generate_for(Scheme::StandardWebhooksEd25519).unwrap();
+        let hex = Scheme::Storno.generate_secret().unwrap();
+        let b64 = Scheme::StandardWebhooks.generate_secret().unwrap();
+        let ed = Scheme::StandardWebhooksEd25519.generate_secret().unwrap();
         assert_eq!(Scheme::Stripe.check_secret(&b64), Err(KeyError::Hex));
         assert_eq!(Scheme::Github.check_secret(&ed), Err(KeyError::Hex));
         assert_eq!(
@@ -675,12 +701,30 @@ mod tests {
 
     #[test]
     fn debug_shows_no_key() {
-        let secret = Secret::generate_for(Scheme::Stripe).unwrap();
+        let secret = Scheme::Stripe.generate_secret().unwrap();
         let signer = EndpointSigner::new(Scheme::Stripe, &secret)
             .unwrap()
             .with_previous(&secret, 5)
             .unwrap();
         let text = format!("{signer:?} {:?}", signer.begin(&delivery(1)));
         assert!(!text.contains(&secret.expose()[6..]), "{text}");
+    }
+
+    #[test]
+    fn generated_secrets_fit_their_scheme() {
+        for scheme in Scheme::ALL {
+            let a = scheme.generate_secret().unwrap();
+            let b = scheme.generate_secret().unwrap();
+            assert_eq!(scheme.check_secret(&a), Ok(()), "{scheme}");
+            assert_ne!(a.expose(), b.expose(), "{scheme}");
+        }
+        let sw = Scheme::StandardWebhooks.generate_secret().unwrap();
+        assert_eq!(sw.expose().len(), "whsec_".len() + 44);
+        assert!(sw.expose().ends_with('='));
+        let ed = Scheme::StandardWebhooksEd25519.generate_secret().unwrap();
+        assert!(ed.expose().starts_with("whsk_"), "prefix");
+        assert!(crate::secret::is_hex_secret(
+            Scheme::Github.generate_secret().unwrap().expose()
+        ));
     }
 }

@@ -755,7 +755,7 @@ pub fn rotate(
         .replace_nanosecond(0)
         .unwrap_or(now);
     let mut next = record.clone();
-    next.secret = Secret::generate_for(scheme)?;
+    next.secret = scheme.generate_secret()?;
     if expires_in.is_zero() {
         next.previous_secret = None;
         next.previous_secret_expires_at = None;
@@ -843,7 +843,7 @@ mod tests {
         stored.events = vec!["invoice.created".into(), "invoice.paid".into()];
         stored.description = "Production \"invoices\"".into();
         stored.status = "auto_disabled".into();
-        stored.previous_secret = Some(Secret::generate_for(Scheme::Stripe).unwrap());
+        stored.previous_secret = Some(Scheme::Stripe.generate_secret().unwrap());
         stored.previous_secret_expires_at = Some("2026-02-19T10:00:00Z".into());
         stored.updated_at = Some("2026-02-18T11:00:00Z".into());
         stored.deliveries_count = 7;
@@ -913,7 +913,7 @@ mod tests {
     fn with_scheme(scheme: Scheme) -> EndpointRecord {
         let mut r = record(ID);
         r.scheme = scheme.as_str().into();
-        r.secret = Secret::generate_for(scheme).unwrap();
+        r.secret = scheme.generate_secret().unwrap();
         r
     }
 
@@ -967,7 +967,7 @@ mod tests {
         let future = "2999-01-01T00:00:00Z".to_owned();
         for scheme in [Scheme::Storno, Scheme::Github] {
             let mut r = with_scheme(scheme);
-            r.previous_secret = Some(Secret::generate_for(scheme).unwrap());
+            r.previous_secret = Some(scheme.generate_secret().unwrap());
             r.previous_secret_expires_at = Some(future.clone());
             let (field, message) = problem(r);
             assert_eq!(field, "previous_secret");
@@ -975,7 +975,7 @@ mod tests {
         }
         let scheme = Scheme::StandardWebhooks;
         let mut r = with_scheme(scheme);
-        r.previous_secret = Some(Secret::generate_for(scheme).unwrap());
+        r.previous_secret = Some(scheme.generate_secret().unwrap());
         assert_eq!(problem(r.clone()).0, "previous_secret_expires_at");
         r.previous_secret_expires_at = Some("tomorrow".into());
         assert_eq!(problem(r.clone()).0, "previous_secret_expires_at");
@@ -985,7 +985,7 @@ mod tests {
         r.previous_secret_expires_at = Some(past);
         let closed = Endpoint::from_record(r.clone(), None).unwrap();
         assert_eq!(closed.overlap_expires_at(SystemTime::now()), None);
-        r.previous_secret = Some(Secret::generate_for(Scheme::Storno).unwrap());
+        r.previous_secret = Some(Scheme::Storno.generate_secret().unwrap());
         assert_eq!(problem(r.clone()).0, "previous_secret");
         r.previous_secret = None;
         r.previous_secret_expires_at = Some(future);

@@ -314,10 +314,7 @@ impl EndpointSpec {
     pub fn with_scheme(url: impl Into<String>, scheme: hooksign::signing::Scheme) -> Self {
         Self {
             scheme: scheme.as_str().into(),
-            secret: hooksign::secret::Secret::generate_for(scheme)
-                .unwrap()
-                .expose()
-                .to_owned(),
+            secret: scheme.generate_secret().unwrap().expose().to_owned(),
             ..Self::new(url)
         }
     }
