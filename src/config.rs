@@ -109,7 +109,17 @@ pub struct EtcdConfig {
     /// etcd authentication (both or neither).
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// `page_size`: endpoints read per range request when loading or resyncing the prefix.
+    pub page_size: u32,
+    /// `max_message_bytes`: the largest gRPC message hooksign accepts from or sends to etcd.
+    pub max_message_bytes: usize,
 }
+
+/// Bounds of `[store.etcd] page_size`.
+pub const ETCD_PAGE_SIZE: std::ops::RangeInclusive<u32> = 1..=10_000;
+/// Bounds of `[store.etcd] max_message_bytes`: etcd's own request limit is 1.5 MiB by default;
+/// replies (a page of endpoints, a watch batch) need room above tonic's 4 MiB default.
+pub const ETCD_MAX_MESSAGE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(1 << 30);
 
 /// `[signing]`.
 #[derive(Clone, Debug)]
@@ -331,6 +341,8 @@ struct RawEtcd {
     ca_file: Option<PathBuf>,
     username: Option<String>,
     password: Option<Secret>,
+    page_size: u32,
+    max_message_bytes: usize,
 }
 
 impl Default for RawEtcd {
@@ -341,6 +353,8 @@ impl Default for RawEtcd {
             ca_file: None,
             username: None,
             password: None,
+            page_size: 1000,
+            max_message_bytes: 64 << 20,
         }
     }
 }
@@ -668,12 +682,34 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
             "username and password go together (set both or neither)".into(),
         );
     }
+    if !ETCD_PAGE_SIZE.contains(&raw.page_size) {
+        problem(
+            "store.etcd.page_size",
+            format!(
+                "must be {} to {}",
+                ETCD_PAGE_SIZE.start(),
+                ETCD_PAGE_SIZE.end()
+            ),
+        );
+    }
+    if !ETCD_MAX_MESSAGE_BYTES.contains(&raw.max_message_bytes) {
+        problem(
+            "store.etcd.max_message_bytes",
+            format!(
+                "must be {} to {}",
+                ETCD_MAX_MESSAGE_BYTES.start(),
+                ETCD_MAX_MESSAGE_BYTES.end()
+            ),
+        );
+    }
     EtcdConfig {
         endpoints: raw.endpoints,
         prefix: raw.prefix,
         ca_file,
         username: raw.username,
         password: raw.password,
+        page_size: raw.page_size,
+        max_message_bytes: raw.max_message_bytes,
     }
 }
 

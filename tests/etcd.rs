@@ -625,3 +625,125 @@ async fn check_import_and_export_talk_to_etcd() {
     assert_eq!(code, 1);
     assert!(stderr.contains("unavailable"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_endpoints_load_page_by_page_resync_and_follow_a_rotation() {
+    let Some(mut etcd) =
+        Etcd::start("twenty_thousand_endpoints_load_page_by_page_resync_and_follow_a_rotation")
+    else {
+        return;
+    };
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    // About 8 MiB of values: twice the 4 MiB a single reply could carry before.
+    let endpoints: Vec<EndpointSpec> = (0..20_000)
+        .map(|_| EndpointSpec::new(upstream.url("/big")))
+        .collect();
+    let refs: Vec<&EndpointSpec> = endpoints.iter().collect();
+    let config = etcd_config(&pki, &etcd, "/big/");
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = config.write(dir.path(), &store_toml(&refs));
+    let config_arg = config_path.to_str().unwrap();
+    let import = dir.path().join("webhooks.toml");
+    let (code, _, stderr) = run_binary(
+        &[
+            "store",
+            "import",
+            import.to_str().unwrap(),
+            "--config",
+            config_arg,
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run_binary(&["check", "--config", config_arg], None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(": 20000 endpoints"), "{stdout}");
+
+    let servers = replicas(&config, 3).await;
+    for server in &servers {
+        assert_eq!(server.state.store.snapshot().len(), 20_000);
+    }
+    let probe: Uuid = endpoints[12_345].uuid.parse().unwrap();
+
+    // The watch is lost; once etcd is back, every replica reads the whole prefix again.
+    etcd.stop();
+    for server in &servers {
+        let started = Instant::now();
+        while metric(
+            &server.admin_get("/metrics").await.text(),
+            "hooksign_store_backend_up",
+        ) != Some(0.0)
+        {
+            assert!(started.elapsed() < Duration::from_secs(15), "up stayed 1");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    etcd.restart();
+    let started = Instant::now();
+    let secret = loop {
+        let reply = rotate(&servers[0], &probe).await;
+        if reply.status == StatusCode::OK {
+            break reply.json()["secret"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "writes never resumed: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let started = Instant::now();
+    loop {
+        if servers
+            .iter()
+            .all(|s| secret_of(s, &probe).as_deref() == Some(secret.as_str()))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the rotation did not reach every replica"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for server in &servers {
+        let metrics = server.admin_get("/metrics").await.text();
+        assert_eq!(metric(&metrics, "hooksign_store_backend_up"), Some(1.0));
+        assert_eq!(metric(&metrics, "hooksign_store_endpoints"), Some(20_000.0));
+        assert_signs_with(server, &upstream, &probe, &secret).await;
+    }
+}
+
+#[test]
+fn check_names_a_refusal_by_etcd_as_such_not_as_unreachable() {
+    let Some(etcd) = Etcd::start("check_names_a_refusal_by_etcd_as_such_not_as_unreachable") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 MiB message limit, and one value larger than that in the prefix.
+    let config = ConfigSpec::new(None)
+        .set("store", "backend = \"etcd\"")
+        .set("store.etcd", &format!("endpoints = [{:?}]", etcd.url()))
+        .set("store.etcd", "prefix = \"/huge/\"")
+        .set("store.etcd", "max_message_bytes = 1048576");
+    let config_path = config.write(dir.path(), "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = etcd.client().await;
+        client
+            .put(
+                format!("/huge/webhooks/{}", Uuid::new_v4()),
+                vec![b'x'; 1_400_000],
+                None,
+            )
+            .await
+            .unwrap();
+    });
+    let (code, stdout, stderr) =
+        run_binary(&["check", "--config", config_path.to_str().unwrap()], None);
+    assert_ne!(code, 0, "{stdout}");
+    let said = format!("{stdout}{stderr}");
+    assert!(said.contains("refused the read"), "{said}");
+    assert!(!said.contains("unavailable"), "{said}");
+}

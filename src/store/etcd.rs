@@ -35,7 +35,8 @@ use zeroize::Zeroizing;
 
 use super::idempotency::{self, IdempotencyKey, Recorded, StoredIdempotency};
 use super::{
-    Backend, BackendFuture, Edit, Endpoint, EndpointRecord, LoadError, Snapshot, Store, WriteError,
+    Backend, BackendError, BackendFuture, Edit, Endpoint, EndpointRecord, LoadError, Snapshot,
+    Store, WriteError,
 };
 use crate::config::EtcdConfig;
 use crate::metrics::StoreBackendMetrics;
@@ -57,6 +58,9 @@ pub struct EtcdBackend {
     keys: String,
     /// What [`LoadError`]s name: `etcd <endpoints> <prefix>`.
     label: String,
+    /// `[store.etcd] page_size` and `max_message_bytes`.
+    page_size: u32,
+    max_message_bytes: usize,
     /// Shared with the writer task, which applies watch events to it.
     state: Arc<Mutex<State>>,
     metrics: Option<StoreBackendMetrics>,
@@ -93,10 +97,7 @@ impl EtcdBackend {
         metrics: Option<StoreBackendMetrics>,
     ) -> Result<Self, LoadError> {
         let label = format!("etcd {} {}", config.endpoints.join(","), config.prefix);
-        let unavailable = |message: String| LoadError::Unavailable {
-            path: label.clone(),
-            message,
-        };
+        let unavailable = |err: EtcdError| err.into_load_error(label.clone());
         let mut options = ConnectOptions::new()
             .with_connect_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
@@ -119,6 +120,8 @@ impl EtcdBackend {
             client,
             keys: format!("{}webhooks/", config.prefix),
             label,
+            page_size: config.page_size,
+            max_message_bytes: config.max_message_bytes,
             state: Arc::new(Mutex::new(State::default())),
             metrics,
         })
@@ -153,7 +156,7 @@ impl EtcdBackend {
         with_timeout(lease.grant(ttl, None))
             .await
             .map(|granted| granted.id())
-            .map_err(WriteError::Unavailable)
+            .map_err(WriteError::from)
     }
 
     /// The records stored now (strictly: any key that does not hold a valid endpoint is an error).
@@ -190,7 +193,7 @@ impl EtcdBackend {
             let mut kv = self.client.kv_client();
             with_timeout(kv.txn(Txn::new().and_then(ops)))
                 .await
-                .map_err(WriteError::Unavailable)?;
+                .map_err(WriteError::from)?;
             written += chunk.len();
         }
         Ok(written)
@@ -207,34 +210,55 @@ impl EtcdBackend {
         }
     }
 
-    /// Reads every key under the prefix at one revision.
+    /// Reads every key under the prefix at one revision: pages of `[store.etcd] page_size`
+    /// keys, the first at the current revision `R` and every later one at `R` too, so the whole
+    /// read is one consistent view however many pages it takes (and however large the store is:
+    /// no reply has to hold it all).
     async fn read_all(&self) -> Result<(i64, Vec<ReadKey>), LoadError> {
-        let mut kv = self.client.kv_client();
-        let response =
-            with_timeout(kv.get(self.keys.clone(), Some(GetOptions::new().with_prefix())))
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes);
+        let end = prefix_end(self.keys.as_bytes());
+        let mut start = self.keys.clone().into_bytes();
+        let mut revision = 0;
+        let mut read = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(i64::from(self.page_size));
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let response = with_timeout(kv.get(start.clone(), Some(options)))
                 .await
-                .map_err(|message| LoadError::Unavailable {
-                    path: self.label.clone(),
-                    message,
-                })?;
-        let revision = response.header().map_or(0, |header| header.revision());
-        let read = response
-            .kvs()
-            .iter()
-            .map(|kv| {
+                .map_err(|err| err.into_load_error(self.label.clone()))?;
+            if revision == 0 {
+                revision = response.header().map_or(0, |header| header.revision());
+            }
+            let page = response.kvs();
+            for kv in page {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
                 let record = match key.strip_prefix(&self.keys) {
                     Some(uuid) => decode(uuid, kv.value()),
                     None => Err("not an endpoint key".to_owned()),
                 };
-                ReadKey {
+                read.push(ReadKey {
                     key,
                     mod_revision: kv.mod_revision(),
                     record,
+                });
+            }
+            match page.last() {
+                Some(last) if page.len() as u64 >= u64::from(self.page_size) => {
+                    // The next page starts just after the last key read.
+                    start = last.key().to_vec();
+                    start.push(0);
                 }
-            })
-            .collect();
-        Ok((revision, read))
+                _ => return Ok((revision, read)),
+            }
+        }
     }
 }
 
@@ -329,9 +353,12 @@ impl EtcdBackend {
         shutdown: &CancellationToken,
         after_loss: bool,
         backoff: &mut Duration,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, BackendError> {
         let start = self.revision() + 1;
-        let mut watch = self.client.watch_client();
+        let mut watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(self.max_message_bytes);
         let mut stream = with_timeout(watch.watch(
             self.keys.clone(),
             Some(WatchOptions::new().with_prefix().with_start_revision(start)),
@@ -351,15 +378,16 @@ impl EtcdBackend {
             };
             let response = match message {
                 Ok(Some(response)) => response,
-                Ok(None) => return Err("the watch stream ended".to_owned()),
-                Err(err) => return Err(err.to_string()),
+                Ok(None) => return Err("the watch stream ended".into()),
+                Err(err) => return Err(Box::new(EtcdError::from(err))),
             };
             if response.compact_revision() > 0 || response.canceled() {
                 return Err(format!(
                     "the watch was cancelled (compacted to revision {}: {})",
                     response.compact_revision(),
                     response.cancel_reason()
-                ));
+                )
+                .into());
             }
             *backoff = MIN_BACKOFF;
             if response.events().is_empty() {
@@ -548,7 +576,7 @@ impl Backend for EtcdBackend {
             let mut kv = self.client.kv_client();
             let response = with_timeout(kv.txn(Txn::new().when(compares).and_then(ops)))
                 .await
-                .map_err(WriteError::Unavailable)?;
+                .map_err(WriteError::from)?;
             if !response.succeeded() {
                 return Err(WriteError::Contended(touched));
             }
@@ -589,7 +617,7 @@ impl Backend for EtcdBackend {
             let mut kv = self.client.kv_client();
             let response = with_timeout(kv.get(self.idempotency_key_of(key), None))
                 .await
-                .map_err(WriteError::Unavailable)?;
+                .map_err(WriteError::from)?;
             let Some(found) = response.kvs().first() else {
                 return Ok(None);
             };
@@ -630,7 +658,7 @@ impl Backend for EtcdBackend {
                             resync = false;
                             Ok(false)
                         }
-                        Err(err) => Err(err.to_string()),
+                        Err(err) => Err(Box::new(err) as BackendError),
                     }
                 } else {
                     Ok(false)
@@ -647,7 +675,7 @@ impl Backend for EtcdBackend {
                     Ok(false) => {}
                     Err(err) => {
                         if !after_loss || self.metrics.as_ref().is_some_and(|m| m.up.get() == 1) {
-                            tracing::warn!(error = %err, retry_in = ?backoff, "etcd unreachable; serving the last snapshot");
+                            tracing::warn!(error = %chain(&*err), retry_in = ?backoff, "etcd watch or resync failed; serving the last snapshot, not up until it resyncs");
                         }
                         self.set_up(false);
                         after_loss = true;
@@ -719,15 +747,84 @@ fn sort_records(records: &mut [EndpointRecord]) {
     });
 }
 
-/// Runs an etcd request with [`REQUEST_TIMEOUT`]; the error as text.
+/// Why an etcd request failed, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd gave no answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Client(#[from] etcd_client::Error),
+}
+
+impl EtcdError {
+    /// Whether etcd could not be reached (rather than refusing the request: a message over
+    /// the size limit, a permission or authentication error), so a retry may succeed.
+    pub fn is_unreachable(&self) -> bool {
+        use etcd_client::Error as E;
+        match self {
+            Self::Timeout(_) => true,
+            Self::Client(E::TransportError(_) | E::IoError(_)) => true,
+            Self::Client(E::GRpcStatus(status)) => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ),
+            Self::Client(_) => false,
+        }
+    }
+
+    fn into_load_error(self, path: String) -> LoadError {
+        if self.is_unreachable() {
+            LoadError::Unavailable {
+                path,
+                cause: Box::new(self),
+            }
+        } else {
+            LoadError::Refused {
+                path,
+                cause: Box::new(self),
+            }
+        }
+    }
+}
+
+impl From<EtcdError> for WriteError {
+    fn from(err: EtcdError) -> Self {
+        WriteError::Unavailable(Box::new(err))
+    }
+}
+
+/// Runs an etcd request with [`REQUEST_TIMEOUT`].
 async fn with_timeout<T>(
     request: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, EtcdError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {REQUEST_TIMEOUT:?}")),
+        Ok(result) => Ok(result?),
+        Err(_) => Err(EtcdError::Timeout(REQUEST_TIMEOUT)),
     }
+}
+
+/// An error and its causes, `: `-separated, for a log line.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(current) = cause {
+        text.push_str(": ");
+        text.push_str(&current.to_string());
+        cause = current.source();
+    }
+    text
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
 }
 
 #[cfg(test)]

@@ -127,6 +127,9 @@ pub trait Backend: Send + Sync + fmt::Debug {
     }
 }
 
+/// A backend's own error (etcd's client error, a timeout), kept whole with its cause chain.
+pub type BackendError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a write was not made. Nothing was changed, on disk or in memory (except where a variant
 /// says otherwise).
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +169,10 @@ pub enum WriteError {
     /// loaded it; nothing was written (the API answers 409 `conflict`).
     #[error("{0} was changed by another writer since this replica loaded it; nothing was written, retry")]
     Contended(String),
-    /// The store cannot be reached now; nothing was written (the API answers 503).
+    /// The store cannot be reached now, or refused the request; nothing was written (the API
+    /// answers 503).
     #[error("the store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(BackendError),
 }
 
 /// Why the store could not be loaded; the previous snapshot stays in service.
@@ -184,9 +188,13 @@ pub enum LoadError {
     Parse { path: String, message: String },
     #[error("store {path}: {}", problems.join("; "))]
     Invalid { path: String, problems: Vec<String> },
-    /// The backend cannot be reached (etcd down); not a problem of the data.
-    #[error("store {path} is unavailable: {message}")]
-    Unavailable { path: String, message: String },
+    /// The backend cannot be reached (etcd down or not answering); not a problem of the data.
+    #[error("store {path} is unavailable: {cause}")]
+    Unavailable { path: String, cause: BackendError },
+    /// The backend answered with an error that is not about reachability (a message over the
+    /// size limit, a permission or authentication failure): retrying will not help.
+    #[error("store {path} refused the read: {cause}")]
+    Refused { path: String, cause: BackendError },
     /// The file holds no endpoint while the snapshot in service has some: an empty or
     /// truncated file is refused unless it says `webhooks = []`.
     #[error("store {path} holds no endpoint (empty or truncated?); write `webhooks = []` to remove every endpoint on purpose")]
