@@ -9,8 +9,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use hooksign::config::EtcdConfig;
+use hooksign::store::etcd::EtcdBackend;
 use hooksign::store::file::{parse_store, FileBackend};
-use hooksign::store::{rotate, DeliveryOutcome, Edit, Snapshot, Store, WriteError};
+use hooksign::store::{rotate, Backend, DeliveryOutcome, Edit, Snapshot, Store, WriteError};
 use uuid::Uuid;
 
 /// A store file of `count` active storno endpoints with random uuids and secrets.
@@ -99,16 +101,7 @@ fn load_and_write(c: &mut Criterion) {
         let store = Store::new(loaded, Box::new(backend), gauge());
         let rotated = uuids[count / 2];
         group.bench_function(BenchmarkId::new("file: one rotation", count), |b| {
-            b.iter(|| {
-                runtime
-                    .block_on(store.update(move |snapshot| {
-                        let record = snapshot.get(&rotated).expect("a known uuid").record_now();
-                        let next = rotate(&record, Duration::ZERO, time::OffsetDateTime::now_utc())
-                            .expect("storno rotates");
-                        Ok::<_, WriteError>((Edit::put(next), ()))
-                    }))
-                    .expect("the write succeeds")
-            })
+            b.iter(|| runtime.block_on(rotate_one(&store, rotated)))
         });
         let busy = store
             .snapshot()
@@ -130,5 +123,121 @@ fn load_and_write(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, load_and_write);
+/// An etcd on free loopback ports in a temp dir, killed by PID on drop.
+struct Etcd {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    fn start() -> Option<Self> {
+        const ETCD: &str = "/usr/bin/etcd";
+        if !std::path::Path::new(ETCD).exists() {
+            println!("skipping the etcd benches: {ETCD} is not installed");
+            return None;
+        }
+        let port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port")
+        };
+        let (client, peer) = (port(), port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let child = std::process::Command::new(ETCD)
+            .args(["--name", "b", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("b={peer_url}")])
+            .args(["--quota-backend-bytes", "4294967296"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("etcd starts");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(started.elapsed() < Duration::from_secs(15), "etcd listens");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self {
+            child,
+            url,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd: loading 100,000 endpoints (paged, at one revision), and one rotation at 10, 10,000 and
+/// 100,000 endpoints (one key written, one endpoint rebuilt).
+fn etcd(c: &mut Criterion) {
+    let Some(etcd) = Etcd::start() else { return };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let _writer_runs_here = runtime.enter();
+    let mut group = c.benchmark_group("etcd");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(3));
+    for count in [10, 10_000, 100_000] {
+        let config = EtcdConfig {
+            endpoints: vec![etcd.url.clone()],
+            prefix: format!("/bench{count}/"),
+            ca_file: None,
+            username: None,
+            password: None,
+            page_size: 1000,
+            max_message_bytes: 64 << 20,
+        };
+        let (text, uuids) = store_text(count);
+        let records = snapshot(&text).records();
+        let backend = runtime
+            .block_on(EtcdBackend::connect(&config, None))
+            .expect("a client");
+        runtime
+            .block_on(backend.import(&records))
+            .expect("the import succeeds");
+        if count == 100_000 {
+            group.bench_function(BenchmarkId::new("load", count), |b| {
+                b.iter(|| {
+                    runtime
+                        .block_on(backend.load(None))
+                        .expect("the prefix loads")
+                })
+            });
+        }
+        let loaded = runtime.block_on(backend.load(None)).expect("the prefix loads");
+        let store = Store::new(loaded, Box::new(backend), gauge());
+        let rotated = uuids[count / 2];
+        group.bench_function(BenchmarkId::new("etcd: one rotation", count), |b| {
+            b.iter(|| runtime.block_on(rotate_one(&store, rotated)))
+        });
+    }
+    group.finish();
+}
+
+async fn rotate_one(store: &Store, uuid: Uuid) {
+    store
+        .update(move |snapshot| {
+            let record = snapshot.get(&uuid).expect("a known uuid").record_now();
+            let next = rotate(&record, Duration::ZERO, time::OffsetDateTime::now_utc())
+                .expect("storno rotates");
+            Ok::<_, WriteError>((Edit::put(next), ()))
+        })
+        .await
+        .expect("the write succeeds");
+}
+
+criterion_group!(benches, lookup, load_and_write, etcd);
 criterion_main!(benches);
