@@ -14,6 +14,7 @@
 //! - [`admin`]: the operator port (probes, metrics).
 //! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`outcome`]: how a delivery ended (metric label, status and error code).
 //! - [`cli`]: the command line (`serve`, `check`, `token`, `sign`, `verify`, `healthcheck`).
 
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod metrics;
+pub mod outcome;
 pub mod proxy;
 pub mod secret;
 pub mod signing;

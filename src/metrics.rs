@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use crate::egress::DenyReason;
-use crate::proxy::Outcome;
+use crate::outcome::Outcome;
 
 /// Upstream latency buckets, loopback to the far side of the internet (seconds).
 const UPSTREAM_BUCKETS: &[f64] = &[

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -55,127 +55,7 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// What the proxy answers: the upstream's streamed body, or hooksign's own JSON.
 pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
 
-/// How a proxy request ended. The label of `hooksign_deliveries_total`, and for refusals the
-/// `X-Hooksign-Error` code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The upstream answered 2xx.
-    Success,
-    /// The upstream answered, but not 2xx.
-    Failed,
-    MissingWebhookId,
-    InvalidMessageId,
-    UnknownWebhook,
-    WebhookInactive,
-    EventNotSubscribed,
-    BodyTooLarge,
-    BodyReadTimeout,
-    BodyReadFailed,
-    DestinationForbidden,
-    UpstreamUnreachable,
-    UpstreamTls,
-    UpstreamTimeout,
-    /// No store snapshot is loaded yet (etcd down at start-up): 503 with `Retry-After`.
-    StoreNotLoaded,
-}
-
-impl Outcome {
-    /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 15] = [
-        Self::Success,
-        Self::Failed,
-        Self::MissingWebhookId,
-        Self::InvalidMessageId,
-        Self::UnknownWebhook,
-        Self::WebhookInactive,
-        Self::EventNotSubscribed,
-        Self::BodyTooLarge,
-        Self::BodyReadTimeout,
-        Self::BodyReadFailed,
-        Self::DestinationForbidden,
-        Self::UpstreamUnreachable,
-        Self::UpstreamTls,
-        Self::UpstreamTimeout,
-        Self::StoreNotLoaded,
-    ];
-
-    /// The metric label, which is also the error code for refusals.
-    pub fn as_label(self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Failed => "failed",
-            Self::MissingWebhookId => "missing_webhook_id",
-            Self::InvalidMessageId => "invalid_message_id",
-            Self::UnknownWebhook => "unknown_webhook",
-            Self::WebhookInactive => "webhook_inactive",
-            Self::EventNotSubscribed => "event_not_subscribed",
-            Self::BodyTooLarge => "body_too_large",
-            Self::BodyReadTimeout => "body_read_timeout",
-            Self::BodyReadFailed => "body_read_failed",
-            Self::DestinationForbidden => "destination_forbidden",
-            Self::UpstreamUnreachable => "upstream_unreachable",
-            Self::UpstreamTls => "upstream_tls",
-            Self::UpstreamTimeout => "upstream_timeout",
-            Self::StoreNotLoaded => "store_not_loaded",
-        }
-    }
-
-    fn status(self) -> StatusCode {
-        match self {
-            Self::Success | Self::Failed => StatusCode::OK,
-            Self::MissingWebhookId | Self::InvalidMessageId | Self::BodyReadFailed => {
-                StatusCode::BAD_REQUEST
-            }
-            Self::UnknownWebhook => StatusCode::NOT_FOUND,
-            Self::WebhookInactive => StatusCode::CONFLICT,
-            Self::EventNotSubscribed => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::DestinationForbidden => StatusCode::FORBIDDEN,
-            Self::UpstreamUnreachable | Self::UpstreamTls => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::StoreNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    fn message(self) -> &'static str {
-        match self {
-            Self::Success | Self::Failed => "delivered",
-            Self::MissingWebhookId => "X-Webhook-Id must name an endpoint by its uuid",
-            Self::InvalidMessageId => {
-                "X-Webhook-Message-Id must be 1 to 255 visible ASCII characters without spaces"
-            }
-            Self::UnknownWebhook => "no endpoint has this X-Webhook-Id",
-            Self::WebhookInactive => "the endpoint is not active",
-            Self::EventNotSubscribed => "the endpoint is not subscribed to this X-Webhook-Event",
-            Self::BodyTooLarge => "the body is larger than [proxy] max_body_bytes",
-            Self::BodyReadTimeout => "the body did not arrive within [proxy] body_read_timeout",
-            Self::BodyReadFailed => "the body could not be read",
-            Self::DestinationForbidden => {
-                "the endpoint's destination is forbidden by the egress policy"
-            }
-            Self::UpstreamUnreachable => "the endpoint's server could not be reached",
-            Self::UpstreamTls => "the TLS handshake with the endpoint's server failed",
-            Self::UpstreamTimeout => {
-                "the endpoint's server did not answer within [proxy] upstream_timeout"
-            }
-            Self::StoreNotLoaded => {
-                "the endpoint store has not been loaded yet (its backend is unreachable); retry"
-            }
-        }
-    }
-
-    /// The `Retry-After` (seconds) of a refusal that is worth retrying soon.
-    fn retry_after(self) -> Option<u32> {
-        match self {
-            Self::StoreNotLoaded => Some(STORE_NOT_LOADED_RETRY_AFTER),
-            _ => None,
-        }
-    }
-}
-
-/// `Retry-After` of a `store_not_loaded` refusal: the backend's watch retries within seconds.
-const STORE_NOT_LOADED_RETRY_AFTER: u32 = 2;
+pub use crate::outcome::Outcome;
 
 /// The largest request head (request line and headers) the proxy reads: a larger one is
 /// answered 431 and the connection closed. Envoy's default is 60 KiB, nginx's 4 × 8 KiB.
@@ -572,14 +452,9 @@ pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use http::StatusCode;
 
-    #[test]
-    fn all_lists_outcomes_in_declaration_order() {
-        for (index, outcome) in Outcome::ALL.iter().enumerate() {
-            assert_eq!(*outcome as usize, index, "{outcome:?}");
-        }
-    }
+    use super::*;
 
     #[test]
     fn refusals_carry_code_status_and_json() {
