@@ -150,7 +150,12 @@ impl Etcd {
         let child = std::process::Command::new(ETCD)
             .args(["--name", "b", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("b={peer_url}")])
@@ -217,7 +222,9 @@ fn etcd(c: &mut Criterion) {
                 })
             });
         }
-        let loaded = runtime.block_on(backend.load(None)).expect("the prefix loads");
+        let loaded = runtime
+            .block_on(backend.load(None))
+            .expect("the prefix loads");
         let store = Store::new(loaded, Box::new(backend), gauge());
         let rotated = uuids[count / 2];
         group.bench_function(BenchmarkId::new("etcd: one rotation", count), |b| {

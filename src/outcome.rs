@@ -126,7 +126,6 @@ impl Outcome {
 /// `Retry-After` of a `store_not_loaded` refusal: the backend's watch retries within seconds.
 const STORE_NOT_LOADED_RETRY_AFTER: u32 = 2;
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -702,12 +702,7 @@ impl fmt::Debug for EtcdBackend {
 
 /// A record as etcd holds it: without this replica's delivery records.
 pub fn stripped(record: &EndpointRecord) -> EndpointRecord {
-    let mut record = record.clone();
-    record.deliveries_count = 0;
-    record.last_delivery_at = None;
-    record.last_delivery_status = None;
-    record.consecutive_failures = 0;
-    record
+    record.without_delivery_records()
 }
 
 /// The value stored for a record: JSON, delivery records stripped.

@@ -24,7 +24,7 @@ mod toml_out;
 pub mod watch;
 mod writer;
 
-pub use stats::{DeliveryOutcome, DeliveryStats};
+pub use stats::{DeliveryOutcome, DeliveryStats, StatsNow};
 pub use writer::{Keyed, Store, Written};
 
 use std::any::Any;
@@ -481,6 +481,20 @@ pub struct EndpointRecord {
     pub consecutive_failures: u64,
 }
 
+impl EndpointRecord {
+    /// The record without delivery records (what etcd stores, what two versions of an
+    /// endpoint's configuration are compared by).
+    pub fn without_delivery_records(&self) -> Self {
+        Self {
+            deliveries_count: 0,
+            last_delivery_at: None,
+            last_delivery_status: None,
+            consecutive_failures: 0,
+            ..self.clone()
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -654,18 +668,18 @@ impl Endpoint {
     /// Whether `record` is this endpoint's stored record (delivery records aside): a reload
     /// then carries the endpoint over as it is.
     pub fn holds(&self, record: &EndpointRecord) -> bool {
-        let mut now = self.record_now();
-        now.deliveries_count = record.deliveries_count;
-        now.last_delivery_at.clone_from(&record.last_delivery_at);
-        now.last_delivery_status
-            .clone_from(&record.last_delivery_status);
-        now.consecutive_failures = record.consecutive_failures;
-        now == *record
+        self.record_with(&StatsNow::default()) == record.without_delivery_records()
     }
 
-    /// The record to store, with the delivery records as they are now. Times are written in
-    /// the store's form (UTC, `Z`, whole seconds) and uuids in lowercase.
+    /// The record to store, with the delivery records as they are now.
     pub fn record_now(&self) -> EndpointRecord {
+        self.record_with(&self.stats.now())
+    }
+
+    /// The record to store, with `stats` as its delivery records: the one place an endpoint
+    /// becomes its stored form (the store file, etcd). Times are written in the store's form
+    /// (UTC, `Z`, whole seconds) and uuids in lowercase.
+    pub fn record_with(&self, stats: &StatsNow) -> EndpointRecord {
         EndpointRecord {
             uuid: self.uuid.to_string(),
             company: self.company.to_string(),
@@ -679,10 +693,10 @@ impl Endpoint {
             previous_secret_expires_at: self.previous_secret_expires_at.map(format_time),
             created_at: self.created_at.map(format_time),
             updated_at: self.updated_at.map(format_time),
-            deliveries_count: self.stats.deliveries(),
-            last_delivery_at: self.stats.last_delivery_at().map(format_time),
-            last_delivery_status: self.stats.last_outcome().map(|o| o.as_str().to_owned()),
-            consecutive_failures: self.stats.consecutive_failures(),
+            deliveries_count: stats.deliveries,
+            last_delivery_at: stats.last_at.map(format_time),
+            last_delivery_status: stats.last_outcome.map(|o| o.as_str().to_owned()),
+            consecutive_failures: stats.consecutive_failures,
         }
     }
 

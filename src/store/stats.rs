@@ -35,7 +35,26 @@ pub struct DeliveryStats {
     consecutive_failures: AtomicU64,
 }
 
+/// The delivery records at one instant (what a store write records).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StatsNow {
+    pub deliveries: u64,
+    pub last_at: Option<OffsetDateTime>,
+    pub last_outcome: Option<DeliveryOutcome>,
+    pub consecutive_failures: u64,
+}
+
 impl DeliveryStats {
+    /// The records as they are now.
+    pub fn now(&self) -> StatsNow {
+        StatsNow {
+            deliveries: self.deliveries(),
+            last_at: self.last_delivery_at(),
+            last_outcome: self.last_outcome(),
+            consecutive_failures: self.consecutive_failures(),
+        }
+    }
+
     /// Counters as a store record left them.
     pub fn restore(
         deliveries: u64,
