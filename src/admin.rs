@@ -1,7 +1,7 @@
 //! The admin port (SPEC section 5): the webhook API, health and readiness probes, Prometheus
 //! metrics and the OpenAPI document.
 //!
-//! `router(state)` is its own function so tests can drive it without a socket. Every response
+//! `router(state, tokens)` is its own function so tests can drive it without a socket. Every response
 //! gets an `X-Request-Id`; every error, including axum's own rejections and unknown routes, is the
 //! JSON envelope with that id in `meta.requestId`. Every request is counted in
 //! `hooksign_admin_requests_total{route,status}`, where `route` is the matched route *template*
@@ -16,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,7 +31,7 @@ use uuid::Uuid;
 pub use auth::Tokens;
 pub use error::{AdminError, ErrorBody};
 
-use crate::AppState;
+use crate::state::AppState;
 
 /// The OpenAPI document of the admin API, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -67,8 +67,29 @@ impl Modify for BearerAuth {
 /// The `route` label of requests no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
-/// The admin routes. `route_layer` must stay after the last route so it wraps every one.
-pub fn router(state: Arc<AppState>) -> Router {
+/// What the admin routes share: the application's state and the admin tokens, which only this
+/// port uses. Handlers take either part (`State<Arc<AppState>>`, the [`auth::Caller`]).
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    app: Arc<AppState>,
+    tokens: Arc<Tokens>,
+}
+
+impl FromRef<AdminState> for Arc<AppState> {
+    fn from_ref(state: &AdminState) -> Self {
+        Arc::clone(&state.app)
+    }
+}
+
+impl FromRef<AdminState> for Arc<Tokens> {
+    fn from_ref(state: &AdminState) -> Self {
+        Arc::clone(&state.tokens)
+    }
+}
+
+/// The admin routes, authenticating with `tokens`. `route_layer` must stay after the last route
+/// so it wraps every one.
+pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
     Router::new()
         .route(
             "/api/v1/webhooks",
@@ -96,7 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         ))
         .fallback(not_found)
         .layer(middleware::from_fn(request_context))
-        .with_state(state)
+        .with_state(AdminState { app: state, tokens })
 }
 
 /// Serves the admin port on `listener` until `shutdown` fires, then lets open requests finish
@@ -107,7 +128,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let grace = state.config.server.shutdown_grace;
-    let server = axum::serve(listener, router(state))
+    let tokens = Arc::new(Tokens::new(&state.config.admin));
+    let server = axum::serve(listener, router(state, tokens))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     tokio::select! {
         result = server => result,

@@ -17,13 +17,14 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, StoreBackend};
-use crate::proxy::client;
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
+use crate::state::AppState;
 use crate::store::etcd::{self, EtcdBackend};
 use crate::store::file::{self as file_store, FileBackend};
 use crate::store::{Backend, EndpointRecord, Snapshot};
-use crate::{AppState, Listeners, RunError};
+use crate::upstream::client;
+use crate::{Listeners, RunError};
 
 /// How long `healthcheck` waits for `/healthz`.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);

@@ -9,7 +9,8 @@
 //! - [`secret`]: [`secret::Secret`], the redacted, zeroized home of every key.
 //! - [`signing`]: signature schemes, keyed once per snapshot.
 //! - [`store`]: endpoints and secrets as one `ArcSwap<Snapshot>`, loaded from a backend.
-//! - [`proxy`]: the delivery path (hyper server in, pooled rustls client out).
+//! - [`proxy`]: the delivery path (hyper server in, signed request out through [`upstream`]).
+//! - [`upstream`]: the pooled rustls client to customers.
 //! - [`egress`]: the SSRF guard: resolve, classify every address, dial the checked one.
 //! - [`admin`]: the operator port (probes, metrics).
 //! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
@@ -32,6 +33,7 @@ pub mod secret;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod upstream;
 
 pub use state::{AppState, BuildError};
 

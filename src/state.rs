@@ -4,22 +4,20 @@
 
 use std::sync::Arc;
 
-use crate::admin;
 use crate::config::{Config, StoreBackend};
 use crate::egress::{EgressPolicy, Resolve, SystemResolver};
 use crate::metrics::{Metrics, ReloadOutcome};
-use crate::proxy::client::{self, ClientError};
-use crate::proxy::pool::Upstream;
 use crate::store::etcd::EtcdBackend;
 use crate::store::file::FileBackend;
 use crate::store::{Backend, LoadError, Store};
+use crate::upstream::client::{self, ClientError};
+use crate::upstream::pool::Upstream;
 
 /// Everything the servers share, handed down as one `Arc`.
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
     pub store: Store,
-    pub admin_tokens: admin::Tokens,
     pub metrics: Metrics,
     /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
     /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
@@ -81,11 +79,9 @@ impl AppState {
         };
         let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
         let upstream = client::build(&config.egress, Arc::clone(&egress))?;
-        let admin_tokens = admin::Tokens::new(&config.admin);
         Ok(Arc::new(Self {
             config,
             store,
-            admin_tokens,
             metrics,
             egress,
             upstream,

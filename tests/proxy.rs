@@ -471,7 +471,7 @@ async fn connections_the_upstream_closes_are_not_reused() {
 
 #[tokio::test]
 async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
-    use hooksign::proxy::pool::IDLE_TIMEOUT;
+    use hooksign::upstream::pool::IDLE_TIMEOUT;
     use std::time::Instant;
     let (_pki, upstream, endpoint, server) = setup(base(), UpstreamOptions::default()).await;
     let headers = [("x-webhook-id", endpoint.uuid.as_str())];

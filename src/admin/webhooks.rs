@@ -23,10 +23,10 @@ use super::idempotent::{body_of, replay, KeyedBody};
 use crate::config::Permission;
 use crate::proxy::{self, ChunkBody};
 use crate::signing::{Delivery, Scheme};
+use crate::state::AppState;
 use crate::store::{
     self, now_text, Edit, Endpoint, EndpointRecord, Keyed, RotateError, Snapshot, Status,
 };
-use crate::AppState;
 
 /// Most event types an endpoint may subscribe to.
 pub const MAX_EVENTS: usize = 10;

@@ -6,10 +6,7 @@
 //! pooled upstream request. Every refusal is a JSON error with `X-Hooksign-Error: <code>` so the
 //! application can tell hooksign's answer from its customer's.
 
-mod body;
-pub mod client;
 mod headers;
-pub mod pool;
 
 use std::convert::Infallible;
 use std::io;
@@ -31,14 +28,14 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use body::ChunkBody;
+pub use crate::upstream::body::ChunkBody;
+pub use crate::upstream::pool::UpstreamBody;
 pub use headers::strip_hop_by_hop;
-pub use pool::UpstreamBody;
 
 use crate::egress::{self, DenyReason};
 use crate::signing::{BodySigner, Delivery, MessageId};
+use crate::state::AppState;
 use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
-use crate::AppState;
 
 /// The header naming the endpoint a delivery is for.
 pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
