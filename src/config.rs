@@ -42,6 +42,14 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// `response_idle_timeout`: the longest wait between two chunks of an upstream's response
+    /// body (after its headers).
+    pub response_idle_timeout: Duration,
+    /// `response_timeout`: the whole upstream exchange, from sending the request to the end of
+    /// the response body.
+    pub response_timeout: Duration,
+    /// `max_response_bytes`: the largest upstream response body passed on (`None`: no limit).
+    pub max_response_bytes: Option<u64>,
     pub max_connections: usize,
     /// Consecutive failures that disable an endpoint; 0 means never.
     pub auto_disable_after: u32,
@@ -265,6 +273,9 @@ struct RawProxy {
     upstream_timeout: String,
     header_read_timeout: String,
     body_read_timeout: String,
+    response_idle_timeout: String,
+    response_timeout: String,
+    max_response_bytes: Option<u64>,
     max_connections: usize,
     auto_disable_after: u32,
 }
@@ -277,6 +288,9 @@ impl Default for RawProxy {
             upstream_timeout: "30s".into(),
             header_read_timeout: "10s".into(),
             body_read_timeout: "30s".into(),
+            response_idle_timeout: "30s".into(),
+            response_timeout: "60s".into(),
+            max_response_bytes: None,
             max_connections: 4096,
             auto_disable_after: 0,
         }
@@ -444,6 +458,17 @@ impl RawConfig {
                 &self.proxy.body_read_timeout,
                 &mut problem,
             ),
+            response_idle_timeout: duration(
+                "proxy.response_idle_timeout",
+                &self.proxy.response_idle_timeout,
+                &mut problem,
+            ),
+            response_timeout: duration(
+                "proxy.response_timeout",
+                &self.proxy.response_timeout,
+                &mut problem,
+            ),
+            max_response_bytes: self.proxy.max_response_bytes,
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
         };
@@ -452,6 +477,19 @@ impl RawConfig {
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections", "must be at least 1".into());
+        }
+        if proxy.max_response_bytes == Some(0) {
+            problem(
+                "proxy.max_response_bytes",
+                "must be at least 1 (leave it out for no limit)".into(),
+            );
+        }
+        if proxy.response_timeout < proxy.upstream_timeout {
+            problem(
+                "proxy.response_timeout",
+                "must be at least proxy.upstream_timeout (it covers the headers and the body)"
+                    .into(),
+            );
         }
 
         let mut tokens = Vec::with_capacity(self.admin.tokens.len());

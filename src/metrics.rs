@@ -91,8 +91,9 @@ impl ReloadMetrics {
     }
 }
 
-/// Keeps `hooksign_proxy_requests_in_flight` up while it lives.
-pub struct InFlight<'a>(&'a IntGauge);
+/// Keeps `hooksign_proxy_requests_in_flight` up while it lives: from the request's arrival to
+/// the end of the response body it is moved into.
+pub struct InFlight(IntGauge);
 
 impl Metrics {
     /// Builds and registers every metric on a fresh registry.
@@ -224,9 +225,9 @@ impl Metrics {
     }
 
     /// Marks a proxy request in flight until the guard drops.
-    pub fn in_flight(&self) -> InFlight<'_> {
+    pub fn in_flight(&self) -> InFlight {
         self.in_flight.inc();
-        InFlight(&self.in_flight)
+        InFlight(self.in_flight.clone())
     }
 
     /// Records a store load: its result and, when applied, the endpoint count.
@@ -265,7 +266,7 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -26,11 +26,20 @@ pub enum Outcome {
     UpstreamTimeout,
     /// No store snapshot is loaded yet (etcd down at start-up): 503 with `Retry-After`.
     StoreNotLoaded,
+    /// After its headers, the upstream's body stalled past `[proxy] response_idle_timeout` or
+    /// outlasted `response_timeout`: the response to the application was cut.
+    UpstreamBodyTimeout,
+    /// The upstream's body broke off (reset, malformed chunk) after its headers: cut.
+    UpstreamBodyFailed,
+    /// The upstream's body went over `[proxy] max_response_bytes`: cut.
+    UpstreamResponseTooLarge,
+    /// The application closed its connection before the response body ended (nginx's 499).
+    ClientClosed,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 19] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -46,6 +55,10 @@ impl Outcome {
         Self::UpstreamTls,
         Self::UpstreamTimeout,
         Self::StoreNotLoaded,
+        Self::UpstreamBodyTimeout,
+        Self::UpstreamBodyFailed,
+        Self::UpstreamResponseTooLarge,
+        Self::ClientClosed,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -66,6 +79,10 @@ impl Outcome {
             Self::UpstreamTls => "upstream_tls",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::StoreNotLoaded => "store_not_loaded",
+            Self::UpstreamBodyTimeout => "upstream_body_timeout",
+            Self::UpstreamBodyFailed => "upstream_body_failed",
+            Self::UpstreamResponseTooLarge => "upstream_response_too_large",
+            Self::ClientClosed => "client_closed",
         }
     }
 
@@ -84,6 +101,11 @@ impl Outcome {
             Self::UpstreamUnreachable | Self::UpstreamTls => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StoreNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
+            // Decided after the upstream's status went out: never a status of their own.
+            Self::UpstreamBodyTimeout
+            | Self::UpstreamBodyFailed
+            | Self::UpstreamResponseTooLarge
+            | Self::ClientClosed => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -111,6 +133,12 @@ impl Outcome {
             Self::StoreNotLoaded => {
                 "the endpoint store has not been loaded yet (its backend is unreachable); retry"
             }
+            Self::UpstreamBodyTimeout => "the endpoint's response body stalled or took too long",
+            Self::UpstreamBodyFailed => "the endpoint's response body broke off",
+            Self::UpstreamResponseTooLarge => {
+                "the endpoint's response body is larger than [proxy] max_response_bytes"
+            }
+            Self::ClientClosed => "the application closed the connection first",
         }
     }
 

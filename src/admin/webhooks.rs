@@ -533,9 +533,13 @@ pub async fn test(
         Ok(response) => {
             let status = response.status();
             // Read (a bounded amount of) the answer so the connection can be reused.
-            let _ = Limited::new(response.into_body(), TEST_RESPONSE_LIMIT)
+            let read = Limited::new(response.into_body(), TEST_RESPONSE_LIMIT)
                 .collect()
                 .await;
+            state.metrics.delivery(match read {
+                Ok(_) => proxy::completed_outcome(status),
+                Err(_) => crate::outcome::Outcome::UpstreamBodyFailed,
+            });
             TestReport {
                 delivered: status.is_success(),
                 status_code: Some(status.as_u16()),

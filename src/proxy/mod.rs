@@ -7,6 +7,7 @@
 //! application can tell hooksign's answer from its customer's.
 
 mod headers;
+mod response;
 
 use std::convert::Infallible;
 use std::io;
@@ -31,8 +32,10 @@ use uuid::Uuid;
 pub use crate::upstream::body::ChunkBody;
 pub use crate::upstream::pool::UpstreamBody;
 pub use headers::strip_hop_by_hop;
+pub use response::GuardedBody;
 
 use crate::egress::{self, DenyReason};
+use crate::metrics::InFlight;
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
 use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
@@ -50,7 +53,7 @@ pub const X_HOOKSIGN_ERROR: HeaderName = HeaderName::from_static("x-hooksign-err
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// What the proxy answers: the upstream's streamed body, or hooksign's own JSON.
-pub type ProxyBody = Either<UpstreamBody, Full<Bytes>>;
+pub type ProxyBody = Either<GuardedBody, Full<Bytes>>;
 
 pub use crate::outcome::Outcome;
 
@@ -148,9 +151,9 @@ pub async fn handle(
     state: Arc<AppState>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let _in_flight = state.metrics.in_flight();
+    let in_flight = state.metrics.in_flight();
     let started = Instant::now();
-    let response = match deliver(&state, request).await {
+    let response = match deliver(&state, request, in_flight).await {
         Ok(response) => response,
         Err(refused) => {
             log_refusal(
@@ -181,6 +184,7 @@ fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
 async fn deliver(
     state: &Arc<AppState>,
     request: Request<Incoming>,
+    in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
     let uuid = parts
@@ -230,20 +234,39 @@ async fn deliver(
     .and_then(|read| read)
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
 
+    let started = tokio::time::Instant::now();
     let sent = forward(state, &endpoint, parts.method, parts.headers, body, signer).await;
-    let recorded = match &sent {
-        Ok(response) if response.status().is_success() => DeliveryOutcome::Success,
-        _ => DeliveryOutcome::Failed,
+    let mut response = match sent {
+        Ok(response) => response,
+        Err(refused) => {
+            record_delivery(state, &endpoint, DeliveryOutcome::Failed);
+            return Err(refused);
+        }
     };
-    record_delivery(state, &endpoint, recorded);
-    let mut response = sent?;
     strip_hop_by_hop(response.headers_mut());
-    Ok(response.map(Either::Left))
+    // Counted and recorded when the body ends (a 2xx whose body is cut is not a success).
+    let complete = completed_outcome(response.status());
+    let state = Arc::clone(state);
+    Ok(response.map(|body| {
+        Either::Left(GuardedBody::new(
+            body, state, endpoint, complete, started, in_flight,
+        ))
+    }))
+}
+
+/// How a delivery whose response body arrived whole ended: `success` for a 2xx, else `failed`.
+pub fn completed_outcome(status: http::StatusCode) -> Outcome {
+    if status.is_success() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    }
 }
 
 /// Signs-off and sends one delivery whose body was already read and fed to `signer`: the
 /// application's headers less the hop-by-hop ones, the signature added, the exact length. The
-/// upstream's response (2xx or not), or the refusal outcome, already counted. Shared by the proxy
+/// upstream's response (2xx or not; counted by the caller once its body ended), or the refusal
+/// outcome, already counted. Shared by the proxy
 /// port and the admin API's test route.
 pub async fn forward(
     state: &AppState,
@@ -297,19 +320,17 @@ pub async fn forward(
         Ok(Ok(response)) => response,
     };
     state.metrics.upstream_duration(elapsed.as_secs_f64());
-    let outcome = if response.status().is_success() {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    };
-    state.metrics.delivery(outcome);
     tracing::debug!(endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
     Ok(response)
 }
 
 /// Updates the endpoint's delivery records (atomics only) and, at `[proxy] auto_disable_after`
 /// consecutive failures, persists `auto_disabled` off the request path.
-fn record_delivery(state: &Arc<AppState>, endpoint: &Endpoint, outcome: DeliveryOutcome) {
+pub(crate) fn record_delivery(
+    state: &Arc<AppState>,
+    endpoint: &Endpoint,
+    outcome: DeliveryOutcome,
+) {
     let failures = endpoint.stats.record(outcome);
     let threshold = u64::from(state.config.proxy.auto_disable_after);
     if threshold == 0 || failures != threshold {

@@ -1,0 +1,193 @@
+//! The upstream's response body on its way to the application, under the response's deadlines:
+//! at most `[proxy] response_idle_timeout` between two chunks, the whole exchange within
+//! `response_timeout`, at most `max_response_bytes`.
+//!
+//! A body that breaks one of them ends in an error, which makes hyper cut the application's
+//! response (a chunked body gets no last chunk, a sized one closes short): never a silently
+//! short "success". The delivery is recorded when the body ends, not when its headers arrive:
+//! a 2xx whose body was cut is a failure, the in-flight gauge covers the whole body, and the
+//! outcome has its own label and log code. One timer serves both deadlines.
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::{record_delivery, UpstreamBody};
+use crate::metrics::InFlight;
+use crate::outcome::Outcome;
+use crate::state::AppState;
+use crate::store::{DeliveryOutcome, Endpoint};
+
+/// Why hooksign cut a response body.
+#[derive(Debug)]
+pub struct Cut(Outcome);
+
+impl fmt::Display for Cut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl Error for Cut {}
+
+/// The response body the application reads.
+pub struct GuardedBody {
+    inner: UpstreamBody,
+    /// Fires at the sooner of the idle and total deadlines.
+    timer: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    deadline: Instant,
+    remaining: Option<u64>,
+    /// Until the body ends: what to record then.
+    pending: Option<Pending>,
+}
+
+/// The delivery to record when the body ends.
+struct Pending {
+    state: Arc<AppState>,
+    endpoint: Arc<Endpoint>,
+    /// The outcome if the body ends normally (`success` for 2xx, else `failed`).
+    complete: Outcome,
+    _in_flight: InFlight,
+}
+
+impl GuardedBody {
+    /// Guards `inner`, whose exchange started at `started`; `complete` is the outcome if it
+    /// ends normally.
+    pub fn new(
+        inner: UpstreamBody,
+        state: Arc<AppState>,
+        endpoint: Arc<Endpoint>,
+        complete: Outcome,
+        started: Instant,
+        in_flight: InFlight,
+    ) -> Self {
+        let config = &state.config.proxy;
+        let deadline = started + config.response_timeout;
+        let idle_timeout = config.response_idle_timeout;
+        let remaining = config.max_response_bytes;
+        let first = (Instant::now() + idle_timeout).min(deadline);
+        let mut body = Self {
+            inner,
+            timer: Box::pin(tokio::time::sleep_until(first)),
+            idle_timeout,
+            deadline,
+            remaining,
+            pending: Some(Pending {
+                state,
+                endpoint,
+                complete,
+                _in_flight: in_flight,
+            }),
+        };
+        if body.inner.is_end_stream() {
+            body.finish(complete);
+        }
+        body
+    }
+
+    /// Records the delivery once, with `outcome`.
+    fn finish(&mut self, outcome: Outcome) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        pending.state.metrics.delivery(outcome);
+        let recorded = if outcome == Outcome::Success {
+            DeliveryOutcome::Success
+        } else {
+            DeliveryOutcome::Failed
+        };
+        if !matches!(outcome, Outcome::Success | Outcome::Failed) {
+            tracing::warn!(endpoint = %pending.endpoint.uuid, code = outcome.as_label(), "response cut");
+        }
+        record_delivery(&pending.state, &pending.endpoint, recorded);
+    }
+
+    fn cut(&mut self, outcome: Outcome) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+        self.finish(outcome);
+        Poll::Ready(Some(Err(Cut(outcome))))
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = Cut;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
+        let this = &mut *self;
+        let Some(complete) = this.pending.as_ref().map(|p| p.complete) else {
+            return Poll::Ready(None);
+        };
+        // A body that keeps arriving never lets the timer be polled: check the total here.
+        if Instant::now() >= this.deadline {
+            return this.cut(Outcome::UpstreamBodyTimeout);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(remaining)) = (frame.data_ref(), this.remaining.as_mut()) {
+                    match remaining.checked_sub(data.len() as u64) {
+                        Some(left) => *remaining = left,
+                        None => return this.cut(Outcome::UpstreamResponseTooLarge),
+                    }
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(complete);
+                } else {
+                    let next = (Instant::now() + this.idle_timeout).min(this.deadline);
+                    this.timer.as_mut().reset(next);
+                }
+                // Trailers are not passed on.
+                match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(_) => {
+                        this.finish(complete);
+                        Poll::Ready(None)
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.cut(Outcome::UpstreamBodyFailed),
+            Poll::Ready(None) => {
+                this.finish(complete);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => this.cut(Outcome::UpstreamBodyTimeout),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.pending.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for GuardedBody {
+    /// The application went away before the body ended.
+    fn drop(&mut self) {
+        self.finish(Outcome::ClientClosed);
+    }
+}
+
+impl fmt::Debug for GuardedBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardedBody")
+            .field("ended", &self.pending.is_none())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,233 @@
+//! Customers that misbehave after their response headers, as real sockets on loopback: a body
+//! that stalls, one that drips past the total deadline, one that breaks off, one that is too
+//! large. The application's response is cut (never a short "success"), the delivery is recorded
+//! failed with its own outcome, and the in-flight gauge covers the body until it ends.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A plain-HTTP upstream that reads one request head and then plays `script`: what it writes,
+/// with pauses, before it closes (every upstream stops by itself within 10 s).
+async fn misbehaving(script: Vec<(Duration, &'static [u8])>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Ok(Ok((mut socket, _))) =
+            tokio::time::timeout_at(deadline, listener.accept()).await
+        {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                for (pause, bytes) in script {
+                    if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if socket.write_all(bytes).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends one delivery as raw HTTP/1.1 and reads until the proxy closes the connection or stops
+/// sending for 5 s: everything received.
+async fn raw_delivery(proxy: SocketAddr, uuid: String) -> Vec<u8> {
+    let mut socket = TcpStream::connect(proxy).await.unwrap();
+    let request = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\nx-webhook-id: {uuid}\r\ncontent-length: 2\r\n\
+         connection: close\r\n\r\n{{}}"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return received,
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn metric(server: &TestServer, line_start: &str) -> Option<String> {
+    server
+        .state
+        .metrics
+        .render()
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with(line_start))
+        .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+}
+
+fn deliveries(server: &TestServer, outcome: &str) -> u64 {
+    metric(
+        server,
+        &format!("hooksign_deliveries_total{{outcome=\"{outcome}\"}}"),
+    )
+    .map_or(0, |v| v.parse().unwrap())
+}
+
+async fn server_for(upstream: SocketAddr, extra: &[&str]) -> (TestServer, EndpointSpec) {
+    let endpoint = EndpointSpec::new(format!("http://{upstream}/hook"));
+    let mut config = ConfigSpec::new(None)
+        .set("egress", "allow_http = true")
+        .set("proxy", "response_idle_timeout = \"300ms\"")
+        .set("proxy", "response_timeout = \"2s\"")
+        .set("proxy", "upstream_timeout = \"1s\"");
+    for line in extra {
+        config = config.set("proxy", line);
+    }
+    let server = TestServer::start(&config, &store_toml(&[&endpoint])).await;
+    (server, endpoint)
+}
+
+fn last_status(server: &TestServer, uuid: &str) -> (u64, Option<String>) {
+    let snapshot = server.state.store.snapshot();
+    let endpoint = snapshot.get(&uuid.parse().unwrap()).unwrap();
+    let record = endpoint.record_now();
+    (record.consecutive_failures, record.last_delivery_status)
+}
+
+/// A chunked body is complete only with its last chunk.
+fn chunked_complete(received: &[u8]) -> bool {
+    received.ends_with(b"0\r\n\r\n")
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_after_the_headers_is_cut_and_recorded_failed() {
+    let upstream = misbehaving(vec![
+        (
+            Duration::ZERO,
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        ),
+        (Duration::from_secs(8), b"0\r\n\r\n"),
+    ])
+    .await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let started = Instant::now();
+    let delivery = tokio::spawn(raw_delivery(server.proxy, endpoint.uuid.clone()));
+    // While the body stalls, the delivery is in flight.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        metric(&server, "hooksign_proxy_requests_in_flight").as_deref(),
+        Some("1")
+    );
+    let received = delivery.await.unwrap();
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    assert!(
+        !chunked_complete(&received),
+        "a cut body looked complete: {text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the stall was not cut by response_idle_timeout"
+    );
+    assert_eq!(deliveries(&server, "upstream_body_timeout"), 1);
+    assert_eq!(deliveries(&server, "success"), 0);
+    assert_eq!(
+        metric(&server, "hooksign_proxy_requests_in_flight").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        last_status(&server, &endpoint.uuid),
+        (1, Some("failed".into()))
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_drips_past_the_total_deadline_is_cut() {
+    let drip: Vec<(Duration, &'static [u8])> = std::iter::once((
+        Duration::ZERO,
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+    ))
+    .chain((0..60).map(|_| (Duration::from_millis(100), &b"1\r\nx\r\n"[..])))
+    .collect();
+    let upstream = misbehaving(drip).await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let started = Instant::now();
+    let received = raw_delivery(server.proxy, endpoint.uuid.clone()).await;
+    let elapsed = started.elapsed();
+    assert!(!chunked_complete(&received));
+    // Each chunk came within the idle timeout; the 2 s total cut it.
+    assert!(
+        elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_secs(5),
+        "{elapsed:?}"
+    );
+    assert_eq!(deliveries(&server, "upstream_body_timeout"), 1);
+}
+
+#[tokio::test]
+async fn a_body_that_breaks_off_is_an_upstream_failure() {
+    let upstream = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..",
+    )])
+    .await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let received = raw_delivery(server.proxy, endpoint.uuid.clone()).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(body.len() < 100, "{text}");
+    assert_eq!(deliveries(&server, "upstream_body_failed"), 1);
+    assert_eq!(
+        last_status(&server, &endpoint.uuid).1.as_deref(),
+        Some("failed")
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_max_response_bytes_is_cut() {
+    let upstream = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n",
+    )])
+    .await;
+    let (server, endpoint) = server_for(upstream, &["max_response_bytes = 10"]).await;
+    let received = raw_delivery(server.proxy, endpoint.uuid.clone()).await;
+    assert!(!chunked_complete(&received));
+    assert_eq!(deliveries(&server, "upstream_response_too_large"), 1);
+}
+
+#[tokio::test]
+async fn a_whole_body_is_a_success_counted_once_it_ends() {
+    let upstream = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )])
+    .await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let received = raw_delivery(server.proxy, endpoint.uuid.clone()).await;
+    assert!(
+        chunked_complete(&received),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(deliveries(&server, "success"), 1);
+    assert_eq!(
+        last_status(&server, &endpoint.uuid),
+        (0, Some("success".into()))
+    );
+}
