@@ -414,12 +414,14 @@ fn parse_tables_one_by_one(text: &str) -> Option<Parsed> {
     const KEYS: &str = "[[idempotency]]";
     // (start of the header, whether it is an idempotency table)
     let mut starts: Vec<(usize, bool)> = Vec::new();
+    let mut in_keys = false;
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let trimmed = line.trim();
-        if trimmed == WEBHOOKS && !starts.iter().any(|(_, key)| *key) {
+        if trimmed == WEBHOOKS && !in_keys {
             starts.push((offset + line.find(WEBHOOKS)?, false));
         } else if trimmed == KEYS {
+            in_keys = true;
             starts.push((offset + line.find(KEYS)?, true));
         } else if trimmed.starts_with('[')
             || (starts.is_empty() && !trimmed.is_empty() && !trimmed.starts_with('#'))
@@ -432,7 +434,7 @@ fn parse_tables_one_by_one(text: &str) -> Option<Parsed> {
         records: Vec::with_capacity(starts.len()),
         spans: Vec::with_capacity(starts.len()),
         keys: Vec::new(),
-        says_webhooks: starts.iter().any(|(_, key)| !key),
+        says_webhooks: starts.first().is_some_and(|(_, key)| !key),
     };
     for (index, &(start, key)) in starts.iter().enumerate() {
         let end = starts.get(index + 1).map_or(text.len(), |next| next.0);
