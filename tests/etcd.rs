@@ -747,3 +747,39 @@ fn check_names_a_refusal_by_etcd_as_such_not_as_unreachable() {
     assert!(said.contains("refused the read"), "{said}");
     assert!(!said.contains("unavailable"), "{said}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_events_about_other_endpoints_keep_the_pooled_connection() {
+    let Some(etcd) = Etcd::start("etcd_events_about_other_endpoints_keep_the_pooled_connection")
+    else {
+        return;
+    };
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let other = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let servers = replicas(&etcd_config(&pki, &etcd, "/pool/"), 2).await;
+    let a = servers[0].create_webhook(&upstream.url("/a"), &["*"]).await;
+    let b = servers[0].create_webhook(&other.url("/b"), &["*"]).await;
+    let (a, b): (Uuid, Uuid) = (
+        a["uuid"].as_str().unwrap().parse().unwrap(),
+        b["uuid"].as_str().unwrap().parse().unwrap(),
+    );
+    converge(&servers, &a, &secret_of(&servers[0], &a).unwrap()).await;
+    for _ in 0..20 {
+        let reply = servers[1]
+            .deliver(&[("x-webhook-id", &a.to_string())], "{}")
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        // A rotation of B through the other replica reaches this one as an etcd event.
+        let rotated = rotate(&servers[0], &b).await;
+        assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text());
+        let secret = rotated.json()["secret"].as_str().unwrap().to_owned();
+        converge(&servers, &b, &secret).await;
+    }
+    assert_eq!(upstream.requests().len(), 20);
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "an etcd event about B closed A's pooled connection"
+    );
+}

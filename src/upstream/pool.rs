@@ -14,7 +14,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -56,9 +56,11 @@ pub enum UpstreamError {
 pub struct Upstream {
     connector: HttpsConnector<GuardedConnector>,
     idle_timeout: Duration,
-    /// Every origin in use, by scheme, lowercase host and port (the default port spelled out
-    /// or not is one origin), for [`Upstream::origin`] and the idle-connection reaper.
-    origins: Mutex<HashMap<(Scheme, String, u16), Weak<Origin>>>,
+    /// Every origin, by scheme, lowercase host and port (the default port spelled out or not is
+    /// one origin), for [`Upstream::origin`] and the idle-connection reaper. The pool owns its
+    /// origins: an origin lives while an endpoint's slot holds it or it has idle connections,
+    /// so no store change (which replaces endpoints) closes a pooled connection.
+    origins: Mutex<HashMap<(Scheme, String, u16), Arc<Origin>>>,
 }
 
 /// One origin's connections.
@@ -109,7 +111,7 @@ impl Upstream {
 
     /// The origin of `target` (an absolute `http`/`https` URL), shared by every endpoint with
     /// the same scheme, host and port. Takes the registry's lock: called once per endpoint and
-    /// snapshot (see `Endpoint::origin`), never per request.
+    /// endpoint (see [`Upstream::origin_of`]), never per request.
     pub fn origin(&self, target: &Uri) -> Arc<Origin> {
         let scheme = target.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let authority = target
@@ -119,16 +121,13 @@ impl Upstream {
         let port = authority.port_u16().unwrap_or(default_port(&scheme));
         let key = (scheme.clone(), authority.host().to_ascii_lowercase(), port);
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(origin) = origins.get(&key).and_then(Weak::upgrade) {
-            return origin;
-        }
-        let origin = Arc::new(Origin::new(scheme, authority));
-        origins.insert(key, Arc::downgrade(&origin));
-        origin
+        Arc::clone(
+            origins
+                .entry(key)
+                .or_insert_with(|| Arc::new(Origin::new(scheme, authority))),
+        )
     }
 
-    /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
-    /// connection, else an idle HTTP/1.1 one, else a new connection.
     /// The origin of `endpoint`'s URL, kept in the endpoint's slot on its first delivery: the
     /// endpoint lives on in every snapshot its record is unchanged in, and so does this origin
     /// with its idle connections, whatever other endpoints a store change touches.
@@ -143,6 +142,8 @@ impl Upstream {
         }
     }
 
+    /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
+    /// connection, else an idle HTTP/1.1 one, else a new connection.
     pub async fn send(
         &self,
         origin: &Arc<Origin>,
@@ -221,7 +222,8 @@ impl Upstream {
     }
 
     /// Closes, every third of the idle timeout, the connections idle for longer than it (and
-    /// those the upstream closed), and forgets origins no endpoint uses any more. Runs forever.
+    /// those the upstream closed), and forgets origins that no endpoint holds and that have no
+    /// connection left. Runs forever.
     pub async fn close_idle_connections(&self) {
         let mut tick = tokio::time::interval(self.idle_timeout / 3);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -235,12 +237,10 @@ impl Upstream {
     pub fn drop_stale(&self, now: Instant) -> usize {
         let mut kept = 0;
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        origins.retain(|_, origin| match origin.upgrade() {
-            Some(origin) => {
-                kept += origin.drop_stale(now, self.idle_timeout);
-                true
-            }
-            None => false,
+        origins.retain(|_, origin| {
+            let idle = origin.drop_stale(now, self.idle_timeout);
+            kept += idle;
+            Arc::strong_count(origin) > 1 || idle > 0 || origin.shared_h2.load().is_some()
         });
         kept
     }
