@@ -50,6 +50,9 @@ pub struct ProxyConfig {
     pub response_timeout: Duration,
     /// `max_response_bytes`: the largest upstream response body passed on (`None`: no limit).
     pub max_response_bytes: Option<u64>,
+    /// `pool_idle_timeout`: how long an idle upstream connection is kept (and, at checkout,
+    /// the oldest one reused); below common servers' own idle timeouts.
+    pub pool_idle_timeout: Duration,
     pub max_connections: usize,
     /// Consecutive failures that disable an endpoint; 0 means never.
     pub auto_disable_after: u32,
@@ -276,6 +279,7 @@ struct RawProxy {
     response_idle_timeout: String,
     response_timeout: String,
     max_response_bytes: Option<u64>,
+    pool_idle_timeout: String,
     max_connections: usize,
     auto_disable_after: u32,
 }
@@ -291,6 +295,7 @@ impl Default for RawProxy {
             response_idle_timeout: "30s".into(),
             response_timeout: "60s".into(),
             max_response_bytes: None,
+            pool_idle_timeout: "4s".into(),
             max_connections: 4096,
             auto_disable_after: 0,
         }
@@ -469,6 +474,11 @@ impl RawConfig {
                 &mut problem,
             ),
             max_response_bytes: self.proxy.max_response_bytes,
+            pool_idle_timeout: duration(
+                "proxy.pool_idle_timeout",
+                &self.proxy.pool_idle_timeout,
+                &mut problem,
+            ),
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
         };
@@ -477,6 +487,9 @@ impl RawConfig {
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections", "must be at least 1".into());
+        }
+        if proxy.pool_idle_timeout.is_zero() {
+            problem("proxy.pool_idle_timeout", "must be more than 0".into());
         }
         if proxy.max_response_bytes == Some(0) {
             problem(

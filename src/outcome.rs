@@ -35,11 +35,20 @@ pub enum Outcome {
     UpstreamResponseTooLarge,
     /// The application closed its connection before the response body ended (nginx's 499).
     ClientClosed,
+    /// More than one `X-Webhook-Id`: which endpoint was meant is ambiguous.
+    RepeatedWebhookId,
+    /// More than one `X-Webhook-Event`: the subscription filter cannot judge it.
+    RepeatedWebhookEvent,
+    /// A `Transfer-Encoding` other than `chunked` (`gzip, chunked`…): the bytes would be signed
+    /// still encoded (RFC 9112: 501).
+    UnsupportedTransferCoding,
+    /// `CONNECT` or `TRACE`: a signing proxy never tunnels or echoes.
+    MethodNotAllowed,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 19] = [
+    pub const ALL: [Outcome; 23] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -59,6 +68,10 @@ impl Outcome {
         Self::UpstreamBodyFailed,
         Self::UpstreamResponseTooLarge,
         Self::ClientClosed,
+        Self::RepeatedWebhookId,
+        Self::RepeatedWebhookEvent,
+        Self::UnsupportedTransferCoding,
+        Self::MethodNotAllowed,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -83,6 +96,10 @@ impl Outcome {
             Self::UpstreamBodyFailed => "upstream_body_failed",
             Self::UpstreamResponseTooLarge => "upstream_response_too_large",
             Self::ClientClosed => "client_closed",
+            Self::RepeatedWebhookId => "repeated_webhook_id",
+            Self::RepeatedWebhookEvent => "repeated_webhook_event",
+            Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Self::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -106,6 +123,9 @@ impl Outcome {
             | Self::UpstreamBodyFailed
             | Self::UpstreamResponseTooLarge
             | Self::ClientClosed => StatusCode::BAD_GATEWAY,
+            Self::RepeatedWebhookId | Self::RepeatedWebhookEvent => StatusCode::BAD_REQUEST,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -139,6 +159,12 @@ impl Outcome {
                 "the endpoint's response body is larger than [proxy] max_response_bytes"
             }
             Self::ClientClosed => "the application closed the connection first",
+            Self::RepeatedWebhookId => "send X-Webhook-Id once",
+            Self::RepeatedWebhookEvent => "send X-Webhook-Event once",
+            Self::UnsupportedTransferCoding => {
+                "only the chunked transfer coding is accepted; send the body as it should be signed"
+            }
+            Self::MethodNotAllowed => "CONNECT and TRACE are not forwarded",
         }
     }
 

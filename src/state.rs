@@ -78,7 +78,11 @@ impl AppState {
             }
         };
         let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
-        let upstream = client::build(&config.egress, Arc::clone(&egress))?;
+        let upstream = client::build(
+            &config.egress,
+            config.proxy.pool_idle_timeout,
+            Arc::clone(&egress),
+        )?;
         Ok(Arc::new(Self {
             config,
             store,

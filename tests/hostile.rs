@@ -231,3 +231,133 @@ async fn a_whole_body_is_a_success_counted_once_it_ends() {
         (0, Some("success".into()))
     );
 }
+
+/// A plain-HTTP upstream that answers 204 and closes every keep-alive connection idle for
+/// `idle` (as Node.js does after 5 s); stops by itself after 30 s. Counts connections.
+async fn closes_idle_after(
+    idle: Duration,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use hyper::server::conn::http1;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&connections);
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(Ok((stream, _))) = tokio::time::timeout_at(deadline, listener.accept()).await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .status(204)
+                            .body(http_body_util::Empty::<bytes::Bytes>::new())
+                            .unwrap(),
+                    )
+                });
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn deliveries_spaced_around_the_servers_idle_timeout_never_race_it() {
+    let (upstream, connections) = closes_idle_after(Duration::from_secs(1)).await;
+    let (server, endpoint) = server_for(upstream, &["pool_idle_timeout = \"800ms\""]).await;
+    let headers = [("x-webhook-id", endpoint.uuid.as_str())];
+    let spacings = [750, 1000, 780, 1050, 820, 990, 760, 1010];
+    for (i, ms) in spacings.iter().enumerate() {
+        let reply = server.deliver(&headers, "{}").await;
+        assert_eq!(
+            reply.status,
+            http::StatusCode::NO_CONTENT,
+            "delivery {i}: {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
+    let reply = server.deliver(&headers, "{}").await;
+    assert_eq!(
+        reply.status,
+        http::StatusCode::NO_CONTENT,
+        "{}",
+        reply.text()
+    );
+    // Reused when younger than 800 ms, opened anew otherwise: never sent into a closing one.
+    assert!(connections.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+    assert_eq!(deliveries(&server, "upstream_unreachable"), 0);
+}
+
+/// Sends raw request bytes to the proxy; the response head.
+async fn raw(proxy: SocketAddr, request: &str) -> String {
+    let mut socket = TcpStream::connect(proxy).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => received.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&received).to_lowercase()
+}
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_with_their_own_codes() {
+    let upstream = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+    )])
+    .await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let id = &endpoint.uuid;
+    let cases = [
+        (
+            format!("POST / HTTP/1.1\r\nhost: x\r\nx-webhook-id: {id}\r\nx-webhook-id: {id}\r\ncontent-length: 0\r\n\r\n"),
+            "400",
+            "repeated_webhook_id",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nhost: x\r\nx-webhook-id: {id}\r\nx-webhook-event: invoice.created\r\nx-webhook-event: invoice.paid\r\ncontent-length: 0\r\n\r\n"),
+            "400",
+            "repeated_webhook_event",
+        ),
+        (
+            format!("POST / HTTP/1.1\r\nhost: x\r\nx-webhook-id: {id}\r\ntransfer-encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            "501",
+            "unsupported_transfer_coding",
+        ),
+        (
+            format!("TRACE / HTTP/1.1\r\nhost: x\r\nx-webhook-id: {id}\r\n\r\n"),
+            "405",
+            "method_not_allowed",
+        ),
+        (
+            format!("CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nx-webhook-id: {id}\r\n\r\n"),
+            "405",
+            "method_not_allowed",
+        ),
+    ];
+    let mut expected = std::collections::HashMap::new();
+    for (request, status, code) in cases {
+        let head = raw(server.proxy, &request).await;
+        assert!(
+            head.starts_with(&format!("http/1.1 {status}")),
+            "{code}: {head}"
+        );
+        assert!(
+            head.contains(&format!("x-hooksign-error: {code}")),
+            "{head}"
+        );
+        *expected.entry(code).or_insert(0) += 1;
+        assert_eq!(deliveries(&server, code), expected[code], "{code}");
+    }
+}

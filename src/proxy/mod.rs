@@ -187,6 +187,9 @@ async fn deliver(
     in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
+    if let Some(refused) = ambiguous(&parts) {
+        return Err(state.refuse(refused, None));
+    }
     let uuid = parts
         .headers
         .get(&X_WEBHOOK_ID)
@@ -252,6 +255,29 @@ async fn deliver(
             body, state, endpoint, complete, started, in_flight,
         ))
     }))
+}
+
+/// A request hooksign refuses before looking at its endpoint: a method it never forwards, a
+/// header that must appear once appearing twice, a transfer coding other than `chunked`.
+fn ambiguous(parts: &http::request::Parts) -> Option<Outcome> {
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Some(Outcome::MethodNotAllowed);
+    }
+    let repeated = |name: &HeaderName| parts.headers.get_all(name).iter().nth(1).is_some();
+    if repeated(&X_WEBHOOK_ID) {
+        return Some(Outcome::RepeatedWebhookId);
+    }
+    if repeated(&X_WEBHOOK_EVENT) {
+        return Some(Outcome::RepeatedWebhookEvent);
+    }
+    let codings = parts.headers.get_all(header::TRANSFER_ENCODING);
+    let only_chunked = codings.iter().all(|value| {
+        value.to_str().is_ok_and(|text| {
+            text.split(',')
+                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        })
+    });
+    (!only_chunked).then_some(Outcome::UnsupportedTransferCoding)
 }
 
 /// How a delivery whose response body arrived whole ended: `success` for a 2xx, else `failed`.

@@ -155,7 +155,9 @@ pub enum WriteError {
         "the change was written and is in service, but syncing the store's directory failed: {0}"
     )]
     NotDurable(#[source] std::io::Error),
-    #[error("the store is read-only here ({0}); change it where it is managed")]
+    #[error(
+        "the store is read-only here ({0}); nothing was written: change it where it is managed"
+    )]
     ReadOnly(String),
     #[error("the store changed on disk and no longer loads; fix it before writing: {0}")]
     Conflict(#[source] LoadError),

@@ -12,7 +12,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::pool::{Upstream, IDLE_TIMEOUT};
+use super::pool::Upstream;
 use crate::config::EgressConfig;
 use crate::egress::{EgressPolicy, GuardedConnector};
 
@@ -43,7 +43,11 @@ pub enum ClientError {
 }
 
 /// Builds the pooled upstream client; every connection it opens passes `policy`.
-pub fn build(egress: &EgressConfig, policy: Arc<EgressPolicy>) -> Result<Upstream, ClientError> {
+pub fn build(
+    egress: &EgressConfig,
+    idle_timeout: Duration,
+    policy: Arc<EgressPolicy>,
+) -> Result<Upstream, ClientError> {
     let tls = tls_config(egress)?;
     let guarded = GuardedConnector::new(policy, CONNECT_TIMEOUT);
     let https = HttpsConnectorBuilder::new()
@@ -52,7 +56,7 @@ pub fn build(egress: &EgressConfig, policy: Arc<EgressPolicy>) -> Result<Upstrea
         .enable_http1()
         .enable_http2()
         .wrap_connector(guarded);
-    Ok(Upstream::new(https, IDLE_TIMEOUT))
+    Ok(Upstream::new(https, idle_timeout))
 }
 
 /// The rustls client configuration: platform roots plus the configured CA file.

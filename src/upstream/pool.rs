@@ -7,7 +7,8 @@
 //! it has been read to the end (a body dropped half-read closes its connection). The `Host`
 //! header is built once per origin. A request a pooled connection could not start (the upstream
 //! closed it while it was idle) goes to the next idle connection, then to a new one; a request
-//! that was started is never sent twice. Connections idle for [`IDLE_TIMEOUT`] are closed by
+//! that was started is never sent twice. An idle connection older than the idle timeout
+//! ([`IDLE_TIMEOUT`] by default) is never checked out, and is closed by
 //! [`Upstream::close_idle_connections`].
 
 use std::any::Any;
@@ -35,8 +36,12 @@ use super::body::ChunkBody;
 use crate::egress::GuardedConnector;
 use crate::store::Endpoint;
 
-/// How long an idle upstream connection is kept.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long an idle upstream connection is kept by default (`[proxy] pool_idle_timeout`): below
+/// the idle timeouts common servers close connections after (Node.js 5 s, nginx 75 s, Apache
+/// 5 s), so hooksign closes first and a POST is not sent into a connection the server is
+/// closing (a race that cannot be retried), at the cost of reopening connections to customers
+/// quiet for longer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -164,7 +169,12 @@ impl Upstream {
         }
 
         to_http1_form(&mut request, origin);
-        while let Some(Idle { mut sender, .. }) = origin.idle.pop() {
+        while let Some(Idle { mut sender, since }) = origin.idle.pop() {
+            // Past the idle timeout the upstream may be closing it right now: a POST sent into
+            // that race cannot be retried. Checked here, not only by the reaper.
+            if since.elapsed() >= self.idle_timeout {
+                continue;
+            }
             if sender.ready().await.is_err() {
                 continue; // closed while idle
             }
