@@ -53,6 +53,10 @@ pub struct ProxyConfig {
     /// `pool_idle_timeout`: how long an idle upstream connection is kept (and, at checkout,
     /// the oldest one reused); below common servers' own idle timeouts.
     pub pool_idle_timeout: Duration,
+    /// `max_connections_per_origin`: open upstream connections to one origin, at most.
+    pub max_connections_per_origin: usize,
+    /// `max_in_flight_per_endpoint`: deliveries to one endpoint at once, at most.
+    pub max_in_flight_per_endpoint: u32,
     pub max_connections: usize,
     /// Consecutive failures that disable an endpoint; 0 means never.
     pub auto_disable_after: u32,
@@ -280,6 +284,8 @@ struct RawProxy {
     response_timeout: String,
     max_response_bytes: Option<u64>,
     pool_idle_timeout: String,
+    max_connections_per_origin: usize,
+    max_in_flight_per_endpoint: u32,
     max_connections: usize,
     auto_disable_after: u32,
 }
@@ -296,6 +302,8 @@ impl Default for RawProxy {
             response_timeout: "60s".into(),
             max_response_bytes: None,
             pool_idle_timeout: "4s".into(),
+            max_connections_per_origin: 128,
+            max_in_flight_per_endpoint: 128,
             max_connections: 4096,
             auto_disable_after: 0,
         }
@@ -479,6 +487,8 @@ impl RawConfig {
                 &self.proxy.pool_idle_timeout,
                 &mut problem,
             ),
+            max_connections_per_origin: self.proxy.max_connections_per_origin,
+            max_in_flight_per_endpoint: self.proxy.max_in_flight_per_endpoint,
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
         };
@@ -487,6 +497,18 @@ impl RawConfig {
         }
         if proxy.max_connections == 0 {
             problem("proxy.max_connections", "must be at least 1".into());
+        }
+        if proxy.max_connections_per_origin == 0 {
+            problem(
+                "proxy.max_connections_per_origin",
+                "must be at least 1".into(),
+            );
+        }
+        if proxy.max_in_flight_per_endpoint == 0 {
+            problem(
+                "proxy.max_in_flight_per_endpoint",
+                "must be at least 1".into(),
+            );
         }
         if proxy.pool_idle_timeout.is_zero() {
             problem("proxy.pool_idle_timeout", "must be more than 0".into());

@@ -44,11 +44,14 @@ pub enum Outcome {
     UnsupportedTransferCoding,
     /// `CONNECT` or `TRACE`: a signing proxy never tunnels or echoes.
     MethodNotAllowed,
+    /// The endpoint has `[proxy] max_in_flight_per_endpoint` deliveries in flight, or its origin
+    /// `max_connections_per_origin` connections busy: 503 at once, with `Retry-After`.
+    UpstreamSaturated,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 23] = [
+    pub const ALL: [Outcome; 24] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -72,6 +75,7 @@ impl Outcome {
         Self::RepeatedWebhookEvent,
         Self::UnsupportedTransferCoding,
         Self::MethodNotAllowed,
+        Self::UpstreamSaturated,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -100,6 +104,7 @@ impl Outcome {
             Self::RepeatedWebhookEvent => "repeated_webhook_event",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::UpstreamSaturated => "upstream_saturated",
         }
     }
 
@@ -126,6 +131,7 @@ impl Outcome {
             Self::RepeatedWebhookId | Self::RepeatedWebhookEvent => StatusCode::BAD_REQUEST,
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -165,6 +171,9 @@ impl Outcome {
                 "only the chunked transfer coding is accepted; send the body as it should be signed"
             }
             Self::MethodNotAllowed => "CONNECT and TRACE are not forwarded",
+            Self::UpstreamSaturated => {
+                "the endpoint (or its server) has as many deliveries in flight as allowed; retry"
+            }
         }
     }
 
@@ -172,6 +181,7 @@ impl Outcome {
     pub fn retry_after(self) -> Option<u32> {
         match self {
             Self::StoreNotLoaded => Some(STORE_NOT_LOADED_RETRY_AFTER),
+            Self::UpstreamSaturated => Some(1),
             _ => None,
         }
     }

@@ -81,6 +81,7 @@ impl AppState {
         let upstream = client::build(
             &config.egress,
             config.proxy.pool_idle_timeout,
+            config.proxy.max_connections_per_origin,
             Arc::clone(&egress),
         )?;
         Ok(Arc::new(Self {

@@ -361,3 +361,64 @@ async fn ambiguous_requests_are_refused_with_their_own_codes() {
         assert_eq!(deliveries(&server, code), expected[code], "{code}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_caps_answer_503_at_once_and_a_stalled_customer_leaves_others_alone() {
+    // Accepts, reads the request, never answers (until it gives up after 10 s).
+    let stalled = misbehaving(vec![(Duration::from_secs(9), b"")]).await;
+    let healthy = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let slow = EndpointSpec::new(format!("http://{stalled}/slow"));
+    let same_origin = EndpointSpec::new(format!("http://{stalled}/other"));
+    let fine = EndpointSpec::new(format!("http://{healthy}/fine"));
+    let config = ConfigSpec::new(None)
+        .set("egress", "allow_http = true")
+        .set("proxy", "upstream_timeout = \"3s\"")
+        .set("proxy", "max_in_flight_per_endpoint = 2")
+        .set("proxy", "max_connections_per_origin = 2");
+    let server = TestServer::start(&config, &store_toml(&[&slow, &same_origin, &fine])).await;
+
+    let hung: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(raw_delivery(server.proxy, slow.uuid.clone())))
+        .collect();
+    // Wait until both are in flight.
+    let started = Instant::now();
+    while metric(&server, "hooksign_proxy_requests_in_flight").as_deref() != Some("2") {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "never in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The endpoint's cap: refused at once, with Retry-After.
+    let refused = server.deliver(&[("x-webhook-id", &slow.uuid)], "{}").await;
+    assert_eq!(
+        refused.status,
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.hooksign_error(), Some("upstream_saturated"));
+    assert_eq!(refused.headers["retry-after"], "1");
+    // The origin's cap: another endpoint on the same server finds both connections busy.
+    let refused = server
+        .deliver(&[("x-webhook-id", &same_origin.uuid)], "{}")
+        .await;
+    assert_eq!(refused.hooksign_error(), Some("upstream_saturated"));
+    // A healthy customer is served while the stalled ones still hang.
+    let ok = server.deliver(&[("x-webhook-id", &fine.uuid)], "{}").await;
+    assert_eq!(ok.status, http::StatusCode::OK, "{}", ok.text());
+    assert!(
+        hung.iter().all(|h| !h.is_finished()),
+        "the stalled deliveries ended early"
+    );
+    assert_eq!(deliveries(&server, "upstream_saturated"), 2);
+    for h in hung {
+        let received = h.await.unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    }
+}

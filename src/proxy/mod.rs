@@ -31,7 +31,9 @@ use uuid::Uuid;
 
 pub use crate::upstream::body::ChunkBody;
 pub use crate::upstream::pool::UpstreamBody;
+use crate::upstream::pool::UpstreamError;
 pub use headers::strip_hop_by_hop;
+use response::Busy;
 pub use response::GuardedBody;
 
 use crate::egress::{self, DenyReason};
@@ -210,6 +212,8 @@ async fn deliver(
     if endpoint.status != Status::Active {
         return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
     }
+    let busy = Busy::begin(&endpoint, state.config.proxy.max_in_flight_per_endpoint)
+        .ok_or_else(|| state.refuse(Outcome::UpstreamSaturated, Some(&uuid)))?;
     if let Some(event) = parts.headers.get(&X_WEBHOOK_EVENT) {
         if !endpoint.subscribes_to(event.as_bytes()) {
             return Err(state.refuse(Outcome::EventNotSubscribed, Some(&uuid)));
@@ -252,7 +256,7 @@ async fn deliver(
     let state = Arc::clone(state);
     Ok(response.map(|body| {
         Either::Left(GuardedBody::new(
-            body, state, endpoint, complete, started, in_flight,
+            body, state, endpoint, complete, started, in_flight, busy,
         ))
     }))
 }
@@ -338,6 +342,9 @@ pub async fn forward(
                 state.metrics.egress_refused(reason);
                 tracing::warn!(endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
                 return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
+            }
+            if matches!(err, UpstreamError::Saturated) {
+                return Err(state.refuse(Outcome::UpstreamSaturated, Some(&uuid)));
             }
             let outcome = classify_upstream_error(&err);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");

@@ -50,6 +50,26 @@ pub struct GuardedBody {
     pending: Option<Pending>,
 }
 
+/// One delivery in flight to an endpoint (its `[proxy] max_in_flight_per_endpoint` count),
+/// until dropped.
+pub struct Busy(Arc<Endpoint>);
+
+impl Busy {
+    /// Counts a delivery to `endpoint`, unless it has `cap` in flight already.
+    pub fn begin(endpoint: &Arc<Endpoint>, cap: u32) -> Option<Self> {
+        endpoint
+            .stats
+            .begin(cap)
+            .then(|| Self(Arc::clone(endpoint)))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.stats.end();
+    }
+}
+
 /// The delivery to record when the body ends.
 struct Pending {
     state: Arc<AppState>,
@@ -57,6 +77,7 @@ struct Pending {
     /// The outcome if the body ends normally (`success` for 2xx, else `failed`).
     complete: Outcome,
     _in_flight: InFlight,
+    _busy: Busy,
 }
 
 impl GuardedBody {
@@ -69,6 +90,7 @@ impl GuardedBody {
         complete: Outcome,
         started: Instant,
         in_flight: InFlight,
+        busy: Busy,
     ) -> Self {
         let config = &state.config.proxy;
         let deadline = started + config.response_timeout;
@@ -86,6 +108,7 @@ impl GuardedBody {
                 endpoint,
                 complete,
                 _in_flight: in_flight,
+                _busy: busy,
             }),
         };
         if body.inner.is_end_stream() {

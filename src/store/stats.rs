@@ -1,7 +1,7 @@
 //! Delivery records of one endpoint: counters the delivery path updates with atomic operations
 //! only (no lock, no allocation), shared by every snapshot that holds the endpoint.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use time::OffsetDateTime;
 
@@ -33,6 +33,8 @@ pub struct DeliveryStats {
     /// 0 none, 1 success, 2 failed.
     last_outcome: AtomicU8,
     consecutive_failures: AtomicU64,
+    /// Deliveries to the endpoint in flight now (not stored).
+    in_flight: AtomicU32,
 }
 
 /// The delivery records at one instant (what a store write records).
@@ -68,7 +70,23 @@ impl DeliveryStats {
             last_at_ms: AtomicI64::new(last_at_ms),
             last_outcome: AtomicU8::new(encode(last_outcome)),
             consecutive_failures: AtomicU64::new(consecutive_failures),
+            in_flight: AtomicU32::new(0),
         }
+    }
+
+    /// Counts one more delivery in flight unless `cap` are already; `false` when at the cap.
+    /// Each `true` is matched by one [`DeliveryStats::end`].
+    pub fn begin(&self, cap: u32) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < cap).then_some(now + 1)
+            })
+            .is_ok()
+    }
+
+    /// One delivery in flight ended.
+    pub fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Records one delivery; returns the consecutive failures after it.

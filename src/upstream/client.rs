@@ -46,6 +46,7 @@ pub enum ClientError {
 pub fn build(
     egress: &EgressConfig,
     idle_timeout: Duration,
+    max_per_origin: usize,
     policy: Arc<EgressPolicy>,
 ) -> Result<Upstream, ClientError> {
     let tls = tls_config(egress)?;
@@ -56,7 +57,7 @@ pub fn build(
         .enable_http1()
         .enable_http2()
         .wrap_connector(guarded);
-    Ok(Upstream::new(https, idle_timeout))
+    Ok(Upstream::new(https, idle_timeout, max_per_origin))
 }
 
 /// The rustls client configuration: platform roots plus the configured CA file.

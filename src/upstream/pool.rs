@@ -15,6 +15,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -55,12 +56,17 @@ pub enum UpstreamError {
     Handshake(#[source] hyper::Error),
     #[error("sending the request upstream")]
     Request(#[source] hyper::Error),
+    /// The origin has `[proxy] max_connections_per_origin` connections open and none idle.
+    #[error("the upstream's connection limit is reached")]
+    Saturated,
 }
 
 /// The pooled upstream client every delivery goes through.
 pub struct Upstream {
     connector: HttpsConnector<GuardedConnector>,
     idle_timeout: Duration,
+    /// Open connections per origin, at most.
+    max_per_origin: usize,
     /// Every origin, by scheme, lowercase host and port (the default port spelled out or not is
     /// one origin), for [`Upstream::origin`] and the idle-connection reaper. The pool owns its
     /// origins: an origin lives while an endpoint's slot holds it or it has idle connections,
@@ -77,6 +83,8 @@ pub struct Origin {
     /// The `Host` header of HTTP/1.1 requests: the host, and the port when not the default.
     host: HeaderValue,
     idle: SegQueue<Idle>,
+    /// Connections open (or opening) now.
+    open: AtomicUsize,
     /// The HTTP/2 connection every request shares, once the upstream negotiated `h2`.
     shared_h2: ArcSwapOption<http2::SendRequest<ChunkBody>>,
 }
@@ -106,10 +114,15 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// A pool dialling through `connector`, closing connections idle for `idle_timeout`.
-    pub fn new(connector: HttpsConnector<GuardedConnector>, idle_timeout: Duration) -> Self {
+    pub fn new(
+        connector: HttpsConnector<GuardedConnector>,
+        idle_timeout: Duration,
+        max_per_origin: usize,
+    ) -> Self {
         Self {
             connector,
             idle_timeout,
+            max_per_origin,
             origins: Mutex::new(HashMap::new()),
         }
     }
@@ -198,6 +211,7 @@ impl Upstream {
         origin: &Arc<Origin>,
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let open = Open::reserve(origin, self.max_per_origin).ok_or(UpstreamError::Saturated)?;
         let io = self
             .connector
             .clone()
@@ -210,7 +224,7 @@ impl Upstream {
                 .handshake(io)
                 .await
                 .map_err(UpstreamError::Handshake)?;
-            drive(connection, "HTTP/2");
+            drive(connection, "HTTP/2", open);
             origin.shared_h2.store(Some(Arc::new(sender.clone())));
             to_http2_form(&mut request, origin);
             let response = sender
@@ -223,7 +237,7 @@ impl Upstream {
             .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
-        drive(connection, "HTTP/1.1");
+        drive(connection, "HTTP/1.1", open);
         let response = sender
             .send_request(request)
             .await
@@ -279,6 +293,7 @@ impl Origin {
             connect_to,
             host,
             idle: SegQueue::new(),
+            open: AtomicUsize::new(0),
             shared_h2: ArcSwapOption::empty(),
         }
     }
@@ -317,11 +332,33 @@ fn default_port(scheme: &Scheme) -> u16 {
 }
 
 /// Runs a connection's I/O in its own task until the connection ends.
-fn drive<C>(connection: C, version: &'static str)
+/// One connection counted open on its origin until dropped (with the connection's task).
+struct Open(Arc<Origin>);
+
+impl Open {
+    fn reserve(origin: &Arc<Origin>, max: usize) -> Option<Self> {
+        origin
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < max).then_some(now + 1)
+            })
+            .ok()
+            .map(|_| Self(Arc::clone(origin)))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn drive<C>(connection: C, version: &'static str, open: Open)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
+        let _open = open;
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, version, "upstream connection ended with an error");
         }
@@ -508,6 +545,7 @@ mod tests {
                     Duration::from_secs(1),
                 )),
             IDLE_TIMEOUT,
+            16,
         );
         let a = pool.origin(&"https://example.com/a".parse().unwrap());
         let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap());
