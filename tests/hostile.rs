@@ -422,3 +422,51 @@ async fn the_caps_answer_503_at_once_and_a_stalled_customer_leaves_others_alone(
         assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     }
 }
+
+#[tokio::test]
+async fn an_http_1_0_customer_does_not_change_the_applications_version() {
+    let upstream = misbehaving(vec![(
+        Duration::ZERO,
+        b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )])
+    .await;
+    let (server, endpoint) = server_for(upstream, &[]).await;
+    let received = raw_delivery(server.proxy, endpoint.uuid.clone()).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok"), "{text}");
+}
+
+#[tokio::test]
+async fn a_bodiless_get_goes_upstream_without_an_invented_length() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::plain()).await;
+    let endpoint = EndpointSpec::new(upstream.url("/get"));
+    let config = ConfigSpec::new(Some(&pki)).set("egress", "allow_http = true");
+    let server = TestServer::start(&config, &store_toml(&[&endpoint])).await;
+    let reply = server
+        .send(
+            http::Method::GET,
+            "/",
+            &[("x-webhook-id", &endpoint.uuid)],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, http::StatusCode::OK, "{}", reply.text());
+    let seen = upstream.requests().pop().unwrap();
+    assert_eq!(seen.method, http::Method::GET);
+    assert!(
+        seen.headers.get("content-length").is_none(),
+        "{:?}",
+        seen.headers
+    );
+    // A bodiless POST still says its length is 0.
+    let reply = server
+        .deliver(&[("x-webhook-id", &endpoint.uuid)], "")
+        .await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    assert_eq!(
+        upstream.requests().pop().unwrap().headers["content-length"],
+        "0"
+    );
+}

@@ -242,6 +242,7 @@ async fn deliver(
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
 
     let started = tokio::time::Instant::now();
+    let version = parts.version;
     let sent = forward(state, &endpoint, parts.method, parts.headers, body, signer).await;
     let mut response = match sent {
         Ok(response) => response,
@@ -251,6 +252,8 @@ async fn deliver(
         }
     };
     strip_hop_by_hop(response.headers_mut());
+    // The application is answered in its own HTTP version, whatever the customer spoke.
+    *response.version_mut() = version;
     // Counted and recorded when the body ends (a 2xx whose body is cut is not a success).
     let complete = completed_outcome(response.status());
     let state = Arc::clone(state);
@@ -316,8 +319,15 @@ pub async fn forward(
     headers.remove(header::EXPECT);
     headers.remove(&X_WEBHOOK_ID);
     signer.finish(&state.config.signing.header, &mut headers);
-    // The application's own `Content-Length` is kept when it is exact (no new header value).
-    if declared_length(&headers) != Some(body.len()) {
+    // The application's own `Content-Length` is kept when it is exact (no new header value);
+    // none is invented for a bodiless request of a method that takes no body (GET, HEAD…).
+    let bodiless = body.is_empty()
+        && matches!(
+            method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        )
+        && declared_length(&headers).is_none();
+    if !bodiless && declared_length(&headers) != Some(body.len()) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
 
