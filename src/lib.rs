@@ -26,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod egress;
+pub mod error_chain;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;

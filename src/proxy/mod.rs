@@ -37,6 +37,7 @@ use response::Busy;
 pub use response::GuardedBody;
 
 use crate::egress::{self, DenyReason};
+use crate::error_chain::error_chain;
 use crate::metrics::InFlight;
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
@@ -470,17 +471,6 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     err.source().is_some_and(caused_by_tls)
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(current) = cause {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        cause = current.source();
-    }
-    text
 }
 
 /// hooksign's own answer: the status, the JSON error envelope, `X-Hooksign-Error` and

@@ -39,6 +39,7 @@ use super::{
     Store, WriteError,
 };
 use crate::config::EtcdConfig;
+use crate::error_chain::error_chain;
 use crate::metrics::StoreBackendMetrics;
 
 /// How long one etcd request may take before the store counts as unavailable.
@@ -675,7 +676,7 @@ impl Backend for EtcdBackend {
                     Ok(false) => {}
                     Err(err) => {
                         if !after_loss || self.metrics.as_ref().is_some_and(|m| m.up.get() == 1) {
-                            tracing::warn!(error = %chain(&*err), retry_in = ?backoff, "etcd watch or resync failed; serving the last snapshot, not up until it resyncs");
+                            tracing::warn!(error = %error_chain(&*err), retry_in = ?backoff, "etcd watch or resync failed; serving the last snapshot, not up until it resyncs");
                         }
                         self.set_up(false);
                         after_loss = true;
@@ -796,18 +797,6 @@ async fn with_timeout<T>(
         Ok(result) => Ok(result?),
         Err(_) => Err(EtcdError::Timeout(REQUEST_TIMEOUT)),
     }
-}
-
-/// An error and its causes, `: `-separated, for a log line.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cause = err.source();
-    while let Some(current) = cause {
-        text.push_str(": ");
-        text.push_str(&current.to_string());
-        cause = current.source();
-    }
-    text
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
