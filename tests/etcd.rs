@@ -675,7 +675,7 @@ async fn twenty_thousand_endpoints_load_page_by_page_resync_and_follow_a_rotatio
             "hooksign_store_backend_up",
         ) != Some(0.0)
         {
-            assert!(started.elapsed() < Duration::from_secs(15), "up stayed 1");
+            assert!(started.elapsed() < Duration::from_secs(60), "up stayed 1");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -687,7 +687,7 @@ async fn twenty_thousand_endpoints_load_page_by_page_resync_and_follow_a_rotatio
             break reply.json()["secret"].as_str().unwrap().to_owned();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(60),
             "writes never resumed: {}",
             reply.text()
         );
@@ -702,7 +702,7 @@ async fn twenty_thousand_endpoints_load_page_by_page_resync_and_follow_a_rotatio
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(30),
+            started.elapsed() < Duration::from_secs(60),
             "the rotation did not reach every replica"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
