@@ -202,7 +202,7 @@ fn etcd(c: &mut Criterion) {
             ca_file: None,
             username: None,
             password: None,
-            page_size: 1000,
+            page_size: 10_000,
             max_message_bytes: 64 << 20,
         };
         let (text, uuids) = store_text(count);

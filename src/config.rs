@@ -380,7 +380,7 @@ impl Default for RawEtcd {
             ca_file: None,
             username: None,
             password: None,
-            page_size: 1000,
+            page_size: 10_000,
             max_message_bytes: 64 << 20,
         }
     }

@@ -112,7 +112,12 @@ impl EtcdBackend {
                 options.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
         }
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options.with_user(user.clone(), password.expose());
+            // etcd's tokens expire (simple tokens after 5 minutes idle, and at every restart of
+            // the member): a refused token is exchanged again and the request retried once.
+            // Without this a replica never recovered from an etcd restart with auth on.
+            options = options
+                .with_user(user.clone(), password.expose())
+                .with_auto_token_refresh(true);
         }
         let client = with_timeout(Client::connect(config.endpoints.clone(), Some(options)))
             .await
