@@ -42,6 +42,10 @@ pub struct ProxyConfig {
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
+    /// `connect_timeout`: each TCP connect attempt to one of the upstream's addresses.
+    pub connect_timeout: Duration,
+    /// `tls_handshake_timeout`: the TLS handshake with the upstream, after the TCP connect.
+    pub tls_handshake_timeout: Duration,
     /// `response_idle_timeout`: the longest wait between two chunks of an upstream's response
     /// body (after its headers).
     pub response_idle_timeout: Duration,
@@ -55,6 +59,16 @@ pub struct ProxyConfig {
     pub pool_idle_timeout: Duration,
     /// `max_connections_per_origin`: open upstream connections to one origin, at most.
     pub max_connections_per_origin: usize,
+    /// `pool_max_idle_per_origin`: idle upstream connections kept per origin, at most (the
+    /// oldest is closed to make room).
+    pub pool_max_idle_per_origin: usize,
+    /// `pool_max_idle`: idle upstream connections kept over every origin, at most.
+    pub pool_max_idle: usize,
+    /// `breaker_failures`: consecutive connect, TLS or timeout failures that open an origin's
+    /// circuit; 0 turns the breaker off.
+    pub breaker_failures: u32,
+    /// `breaker_cooldown`: how long an open circuit fails fast before one probe is let through.
+    pub breaker_cooldown: Duration,
     /// `max_in_flight_per_endpoint`: deliveries to one endpoint at once, at most.
     pub max_in_flight_per_endpoint: u32,
     pub max_connections: usize,
@@ -280,11 +294,17 @@ struct RawProxy {
     upstream_timeout: String,
     header_read_timeout: String,
     body_read_timeout: String,
+    connect_timeout: String,
+    tls_handshake_timeout: String,
     response_idle_timeout: String,
     response_timeout: String,
     max_response_bytes: Option<u64>,
     pool_idle_timeout: String,
     max_connections_per_origin: usize,
+    pool_max_idle_per_origin: usize,
+    pool_max_idle: usize,
+    breaker_failures: u32,
+    breaker_cooldown: String,
     max_in_flight_per_endpoint: u32,
     max_connections: usize,
     auto_disable_after: u32,
@@ -298,11 +318,17 @@ impl Default for RawProxy {
             upstream_timeout: "30s".into(),
             header_read_timeout: "10s".into(),
             body_read_timeout: "30s".into(),
+            connect_timeout: "5s".into(),
+            tls_handshake_timeout: "10s".into(),
             response_idle_timeout: "30s".into(),
             response_timeout: "60s".into(),
             max_response_bytes: None,
             pool_idle_timeout: "4s".into(),
             max_connections_per_origin: 128,
+            pool_max_idle_per_origin: 64,
+            pool_max_idle: 4096,
+            breaker_failures: 5,
+            breaker_cooldown: "30s".into(),
             max_in_flight_per_endpoint: 128,
             max_connections: 4096,
             auto_disable_after: 0,
@@ -471,6 +497,16 @@ impl RawConfig {
                 &self.proxy.body_read_timeout,
                 &mut problem,
             ),
+            connect_timeout: duration(
+                "proxy.connect_timeout",
+                &self.proxy.connect_timeout,
+                &mut problem,
+            ),
+            tls_handshake_timeout: duration(
+                "proxy.tls_handshake_timeout",
+                &self.proxy.tls_handshake_timeout,
+                &mut problem,
+            ),
             response_idle_timeout: duration(
                 "proxy.response_idle_timeout",
                 &self.proxy.response_idle_timeout,
@@ -488,6 +524,14 @@ impl RawConfig {
                 &mut problem,
             ),
             max_connections_per_origin: self.proxy.max_connections_per_origin,
+            pool_max_idle_per_origin: self.proxy.pool_max_idle_per_origin,
+            pool_max_idle: self.proxy.pool_max_idle,
+            breaker_failures: self.proxy.breaker_failures,
+            breaker_cooldown: duration(
+                "proxy.breaker_cooldown",
+                &self.proxy.breaker_cooldown,
+                &mut problem,
+            ),
             max_in_flight_per_endpoint: self.proxy.max_in_flight_per_endpoint,
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
@@ -508,6 +552,12 @@ impl RawConfig {
             problem(
                 "proxy.max_in_flight_per_endpoint",
                 "must be at least 1".into(),
+            );
+        }
+        if proxy.pool_max_idle_per_origin > proxy.pool_max_idle {
+            problem(
+                "proxy.pool_max_idle_per_origin",
+                "must be at most proxy.pool_max_idle".into(),
             );
         }
         if proxy.pool_idle_timeout.is_zero() {

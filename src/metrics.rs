@@ -5,12 +5,24 @@
 //! resolved to their label once, here, so a request only does atomic adds.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::egress::DenyReason;
 use crate::outcome::Outcome;
+use crate::upstream::breaker::CircuitState;
+
+/// The outcomes an upstream exchange can end its header phase with: the `outcome` label of
+/// `hooksign_upstream_duration_seconds` (`success`/`failed` by the response's status).
+const UPSTREAM_OUTCOMES: [Outcome; 6] = [
+    Outcome::Success,
+    Outcome::Failed,
+    Outcome::UpstreamUnreachable,
+    Outcome::UpstreamTls,
+    Outcome::UpstreamTimeout,
+    Outcome::UpstreamProtocol,
+];
 
 /// Upstream latency buckets, loopback to the far side of the internet (seconds).
 const UPSTREAM_BUCKETS: &[f64] = &[
@@ -48,7 +60,11 @@ impl std::fmt::Debug for StoreBackendMetrics {
 pub struct Metrics {
     registry: Registry,
     deliveries: Vec<IntCounter>,
-    upstream_duration: Histogram,
+    /// `hooksign_upstream_duration_seconds`, resolved per outcome (indexed by discriminant;
+    /// `None` for outcomes that never reach the upstream).
+    upstream_duration: Vec<Option<Histogram>>,
+    /// `hooksign_circuit_transitions_total`, per state entered.
+    circuit_transitions: Vec<IntCounter>,
     in_flight: IntGauge,
     /// Store load and reload results (handed to the store's watcher).
     pub reload: ReloadMetrics,
@@ -110,13 +126,33 @@ impl Metrics {
             .iter()
             .map(|outcome| deliveries_vec.with_label_values(&[outcome.as_label()]))
             .collect();
-        let upstream_duration = Histogram::with_opts(
+        let upstream_duration_vec = HistogramVec::new(
             HistogramOpts::new(
                 "hooksign_upstream_duration_seconds",
-                "Time from sending a delivery upstream to its response headers",
+                "Time from sending a delivery upstream to its response headers, or to the failure that ended it, by outcome",
             )
             .buckets(UPSTREAM_BUCKETS.to_vec()),
+            &["outcome"],
         )?;
+        let upstream_duration = Outcome::ALL
+            .iter()
+            .map(|outcome| {
+                UPSTREAM_OUTCOMES
+                    .contains(outcome)
+                    .then(|| upstream_duration_vec.with_label_values(&[outcome.as_label()]))
+            })
+            .collect();
+        let circuit_transitions_vec = IntCounterVec::new(
+            Opts::new(
+                "hooksign_circuit_transitions_total",
+                "Upstream circuit breaker state changes, by the state entered",
+            ),
+            &["state"],
+        )?;
+        let circuit_transitions = CircuitState::ALL
+            .iter()
+            .map(|state| circuit_transitions_vec.with_label_values(&[state.as_label()]))
+            .collect();
         let in_flight = IntGauge::new(
             "hooksign_proxy_requests_in_flight",
             "Proxy requests being handled now",
@@ -174,7 +210,8 @@ impl Metrics {
             .set(1);
 
         registry.register(Box::new(deliveries_vec))?;
-        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(upstream_duration_vec))?;
+        registry.register(Box::new(circuit_transitions_vec))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
@@ -190,6 +227,7 @@ impl Metrics {
             registry,
             deliveries,
             upstream_duration,
+            circuit_transitions,
             in_flight,
             reload: ReloadMetrics {
                 applied: reloads.with_label_values(&["success"]),
@@ -219,9 +257,17 @@ impl Metrics {
         self.egress_blocked_by_reason[reason as usize].inc();
     }
 
-    /// Records the upstream's time to response headers.
-    pub fn upstream_duration(&self, seconds: f64) {
-        self.upstream_duration.observe(seconds);
+    /// Records the upstream's time to response headers (`success`/`failed`) or to the failure
+    /// `outcome` that ended the exchange first.
+    pub fn upstream_duration(&self, outcome: Outcome, seconds: f64) {
+        if let Some(histogram) = &self.upstream_duration[outcome as usize] {
+            histogram.observe(seconds);
+        }
+    }
+
+    /// Counts an origin's circuit breaker entering `state`.
+    pub fn circuit_transition(&self, state: CircuitState) {
+        self.circuit_transitions[state as usize].inc();
     }
 
     /// Marks a proxy request in flight until the guard drops.

@@ -47,11 +47,18 @@ pub enum Outcome {
     /// The endpoint has `[proxy] max_in_flight_per_endpoint` deliveries in flight, or its origin
     /// `max_connections_per_origin` connections busy: 503 at once, with `Retry-After`.
     UpstreamSaturated,
+    /// The upstream broke HTTP: an unrequested `101` or other final 1xx, a response head over
+    /// the bound or one hyper cannot parse, contradictory `Content-Length`s, or a body broken
+    /// from its first bytes.
+    UpstreamProtocol,
+    /// The origin's circuit breaker is open after repeated connect, TLS or timeout failures: 503
+    /// at once, with `Retry-After` until the next probe.
+    CircuitOpen,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 24] = [
+    pub const ALL: [Outcome; 26] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -76,6 +83,8 @@ impl Outcome {
         Self::UnsupportedTransferCoding,
         Self::MethodNotAllowed,
         Self::UpstreamSaturated,
+        Self::UpstreamProtocol,
+        Self::CircuitOpen,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -105,6 +114,8 @@ impl Outcome {
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::UpstreamSaturated => "upstream_saturated",
+            Self::UpstreamProtocol => "upstream_protocol",
+            Self::CircuitOpen => "circuit_open",
         }
     }
 
@@ -131,7 +142,8 @@ impl Outcome {
             Self::RepeatedWebhookId | Self::RepeatedWebhookEvent => StatusCode::BAD_REQUEST,
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::UpstreamSaturated => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamSaturated | Self::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -174,12 +186,18 @@ impl Outcome {
             Self::UpstreamSaturated => {
                 "the endpoint (or its server) has as many deliveries in flight as allowed; retry"
             }
+            Self::UpstreamProtocol => "the endpoint's server answered with broken HTTP",
+            Self::CircuitOpen => {
+                "the endpoint's server failed repeatedly; deliveries to it fail fast until a probe succeeds"
+            }
         }
     }
 
-    /// The `Retry-After` (seconds) of a refusal that is worth retrying soon.
+    /// The `Retry-After` (seconds) of a refusal that is worth retrying soon (for `circuit_open`
+    /// the proxy says when the next probe may go instead).
     pub fn retry_after(self) -> Option<u32> {
         match self {
+            Self::CircuitOpen => Some(1),
             Self::StoreNotLoaded => Some(STORE_NOT_LOADED_RETRY_AFTER),
             Self::UpstreamSaturated => Some(1),
             _ => None,

@@ -78,12 +78,7 @@ impl AppState {
             }
         };
         let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
-        let upstream = client::build(
-            &config.egress,
-            config.proxy.pool_idle_timeout,
-            config.proxy.max_connections_per_origin,
-            Arc::clone(&egress),
-        )?;
+        let upstream = client::build(&config.egress, &config.proxy, Arc::clone(&egress))?;
         Ok(Arc::new(Self {
             config,
             store,

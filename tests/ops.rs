@@ -112,7 +112,7 @@ async fn metrics_after_real_traffic_are_complete_lint_clean_and_leak_nothing() {
     for line in [
         "hooksign_deliveries_total{outcome=\"success\"} 1",
         "hooksign_deliveries_total{outcome=\"unknown_webhook\"} 1",
-        "hooksign_upstream_duration_seconds_count 1",
+        "hooksign_upstream_duration_seconds_count{outcome=\"success\"} 1",
         "hooksign_proxy_requests_in_flight 0",
         "hooksign_store_endpoints 1",
         "hooksign_store_last_reload_success 1",

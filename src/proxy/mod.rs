@@ -30,8 +30,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use crate::upstream::body::ChunkBody;
+use crate::upstream::breaker::{Admission, CircuitState};
 pub use crate::upstream::pool::UpstreamBody;
-use crate::upstream::pool::UpstreamError;
+use crate::upstream::pool::{Origin, UpstreamError};
 pub use headers::strip_hop_by_hop;
 use response::Busy;
 pub use response::GuardedBody;
@@ -147,6 +148,9 @@ pub async fn serve(
 pub struct Refused {
     pub outcome: Outcome,
     pub endpoint: Option<Uuid>,
+    /// When to retry, where it is not the outcome's fixed `Retry-After` (an open circuit's
+    /// next probe).
+    pub retry_after: Option<Duration>,
 }
 
 /// Handles one delivery. Never fails: every problem becomes a response.
@@ -164,7 +168,7 @@ pub async fn handle(
                 refused.endpoint.as_ref(),
                 started.elapsed(),
             );
-            refusal(refused.outcome)
+            refusal_of(&refused)
         }
     };
     Ok(response)
@@ -176,6 +180,17 @@ fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
     let status = outcome.status().as_u16();
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let code = outcome.as_label();
+    // Fast-fails are counted, and their cause logged once when the circuit opened or the cap
+    // was reached: not once per delivery.
+    if matches!(outcome, Outcome::CircuitOpen | Outcome::UpstreamSaturated) {
+        match endpoint {
+            Some(uuid) => {
+                tracing::debug!(endpoint = %uuid, status, duration_ms, code, "delivery refused")
+            }
+            None => tracing::debug!(status, duration_ms, code, "delivery refused"),
+        }
+        return;
+    }
     match endpoint {
         Some(uuid) => {
             tracing::warn!(endpoint = %uuid, status, duration_ms, code, "delivery refused")
@@ -252,17 +267,34 @@ async fn deliver(
             return Err(refused);
         }
     };
+    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length, which must not be
+    // passed on (the application's response would be framed by it and cut short).
+    if response.headers().contains_key(header::TRANSFER_ENCODING) {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(response.headers_mut());
     // The application is answered in its own HTTP version, whatever the customer spoke.
     *response.version_mut() = version;
     // Counted and recorded when the body ends (a 2xx whose body is cut is not a success).
     let complete = completed_outcome(response.status());
-    let state = Arc::clone(state);
-    Ok(response.map(|body| {
-        Either::Left(GuardedBody::new(
-            body, state, endpoint, complete, started, in_flight, busy,
-        ))
-    }))
+    let (parts, body) = response.into_parts();
+    let mut body = GuardedBody::new(
+        body,
+        Arc::clone(state),
+        endpoint,
+        complete,
+        started,
+        in_flight,
+        busy,
+    );
+    // The first bytes are read before the status goes out: a body broken from its start is
+    // hooksign's 502, not the customer's status over an empty reply.
+    body.prime().await.map_err(|outcome| Refused {
+        outcome,
+        endpoint: Some(uuid),
+        retry_after: None,
+    })?;
+    Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
 /// A request hooksign refuses before looking at its endpoint: a method it never forwards, a
@@ -338,6 +370,15 @@ pub async fn forward(
     *upstream_request.headers_mut() = headers;
 
     let origin = state.upstream.origin_of(endpoint);
+    match origin.admit() {
+        Admission::Closed => {}
+        Admission::Probe => circuit_changed(state, &uuid, CircuitState::HalfOpen),
+        Admission::Reject { retry_after } => {
+            let mut refused = state.refuse(Outcome::CircuitOpen, Some(&uuid));
+            refused.retry_after = Some(retry_after);
+            return Err(refused);
+        }
+    }
     let started = Instant::now();
     let sent = tokio::time::timeout(
         state.config.proxy.upstream_timeout,
@@ -346,7 +387,10 @@ pub async fn forward(
     .await;
     let elapsed = started.elapsed();
     let response = match sent {
-        Err(_) => return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid))),
+        Err(_) => {
+            exchanged(state, &origin, &uuid, Outcome::UpstreamTimeout, elapsed);
+            return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid)));
+        }
         Ok(Err(err)) => {
             if let Some(denied) = egress::denial_in(&err) {
                 let reason = denied.reason();
@@ -359,13 +403,67 @@ pub async fn forward(
             }
             let outcome = classify_upstream_error(&err);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
+            if err.trips_breaker() {
+                exchanged(state, &origin, &uuid, outcome, elapsed);
+            } else {
+                state
+                    .metrics
+                    .upstream_duration(outcome, elapsed.as_secs_f64());
+            }
             return Err(state.refuse(outcome, Some(&uuid)));
         }
         Ok(Ok(response)) => response,
     };
-    state.metrics.upstream_duration(elapsed.as_secs_f64());
+    if response.status().is_informational() {
+        // hyper passes interim 1xx by; a final one is an unrequested `101` (an upgrade is never
+        // asked for: `Upgrade` is hop-by-hop and not forwarded).
+        exchanged(state, &origin, &uuid, Outcome::UpstreamProtocol, elapsed);
+        tracing::warn!(endpoint = %uuid, status = response.status().as_u16(), code = Outcome::UpstreamProtocol.as_label(), "upstream answered with an unrequested 1xx");
+        return Err(state.refuse(Outcome::UpstreamProtocol, Some(&uuid)));
+    }
+    exchanged(
+        state,
+        &origin,
+        &uuid,
+        completed_outcome(response.status()),
+        elapsed,
+    );
     tracing::debug!(endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
     Ok(response)
+}
+
+/// Accounts for an exchange whose header phase ended with `outcome` after `elapsed`: the
+/// upstream histogram, and the origin's breaker (a response of any kind is healthy; a connect,
+/// TLS or header timeout failure is not).
+fn exchanged(state: &AppState, origin: &Origin, uuid: &Uuid, outcome: Outcome, elapsed: Duration) {
+    state
+        .metrics
+        .upstream_duration(outcome, elapsed.as_secs_f64());
+    let healthy = matches!(
+        outcome,
+        Outcome::Success | Outcome::Failed | Outcome::UpstreamProtocol
+    );
+    if let Some(to) = origin.record(healthy) {
+        circuit_changed(state, uuid, to);
+    }
+}
+
+/// Logs and counts an origin's circuit breaker entering `to`: once per change (the breaker's
+/// atomics let exactly one delivery make each change), never once per delivery.
+fn circuit_changed(state: &AppState, uuid: &Uuid, to: CircuitState) {
+    state.metrics.circuit_transition(to);
+    let label = to.as_label();
+    match to {
+        CircuitState::Open => {
+            tracing::warn!(endpoint = %uuid, state = label, "upstream circuit opened: deliveries to this origin fail fast")
+        }
+        CircuitState::HalfOpen => {
+            tracing::info!(endpoint = %uuid, state = label, "upstream circuit half-open: one probe delivery let through")
+        }
+        CircuitState::Closed => {
+            tracing::info!(endpoint = %uuid, state = label, "upstream circuit closed")
+        }
+    }
 }
 
 /// Updates the endpoint's delivery records (atomics only) and, at `[proxy] auto_disable_after`
@@ -417,6 +515,7 @@ impl AppState {
         Refused {
             outcome,
             endpoint: endpoint.copied(),
+            retry_after: None,
         }
     }
 }
@@ -450,14 +549,28 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// A TLS failure anywhere in the cause chain is `upstream_tls`; anything else reaching the
-/// upstream is `upstream_unreachable`.
+/// A TLS failure anywhere in the cause chain (or a stalled handshake) is `upstream_tls`; a
+/// response hyper could not parse (an oversized or malformed head, contradictory lengths) is
+/// `upstream_protocol`; anything else reaching the upstream is `upstream_unreachable`.
 fn classify_upstream_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
-    if caused_by_tls(err) {
+    let stalled_tls = err
+        .downcast_ref::<UpstreamError>()
+        .is_some_and(|err| matches!(err, UpstreamError::TlsTimeout(_)));
+    if stalled_tls || caused_by_tls(err) {
         Outcome::UpstreamTls
+    } else if broke_http(err) {
+        Outcome::UpstreamProtocol
     } else {
         Outcome::UpstreamUnreachable
     }
+}
+
+/// A hyper parse error anywhere in the cause chain.
+fn broke_http(err: &(dyn std::error::Error + 'static)) -> bool {
+    let parse = err
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(|err| err.is_parse() || err.is_parse_too_large() || err.is_parse_status());
+    parse || err.source().is_some_and(broke_http)
 }
 
 /// `io::Error::source` skips the error it wraps, so wrapped errors are opened explicitly.
@@ -471,6 +584,20 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     err.source().is_some_and(caused_by_tls)
+}
+
+/// hooksign's answer to a refused request: [`refusal`], with the refusal's own `Retry-After`
+/// when it has one (rounded up to whole seconds).
+pub fn refusal_of(refused: &Refused) -> Response<ProxyBody> {
+    let mut response = refusal(refused.outcome);
+    if let Some(after) = refused.retry_after {
+        let seconds = after.as_millis().div_ceil(1000).max(1);
+        let seconds = u64::try_from(seconds).unwrap_or(u64::MAX);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
 }
 
 /// hooksign's own answer: the status, the JSON error envelope, `X-Hooksign-Error` and

@@ -46,6 +46,8 @@ pub struct GuardedBody {
     idle_timeout: Duration,
     deadline: Instant,
     remaining: Option<u64>,
+    /// The first frame, read by [`GuardedBody::prime`] before the response head goes out.
+    first: Option<Frame<Bytes>>,
     /// Until the body ends: what to record then.
     pending: Option<Pending>,
 }
@@ -103,6 +105,7 @@ impl GuardedBody {
             idle_timeout,
             deadline,
             remaining,
+            first: None,
             pending: Some(Pending {
                 state,
                 endpoint,
@@ -115,6 +118,22 @@ impl GuardedBody {
             body.finish(complete);
         }
         body
+    }
+
+    /// Reads the first frame now (kept for the application), under the body's deadlines: the
+    /// outcome, already counted and recorded, of a body that broke before its first bytes.
+    pub async fn prime(&mut self) -> Result<(), Outcome> {
+        if self.pending.is_none() || self.inner.is_end_stream() {
+            return Ok(());
+        }
+        match std::future::poll_fn(|cx| Pin::new(&mut *self).poll_frame(cx)).await {
+            Some(Ok(frame)) => {
+                self.first = Some(frame);
+                Ok(())
+            }
+            Some(Err(Cut(outcome))) => Err(outcome),
+            None => Ok(()),
+        }
     }
 
     /// Records the delivery once, with `outcome`.
@@ -149,6 +168,9 @@ impl Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
         let this = &mut *self;
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
         let Some(complete) = this.pending.as_ref().map(|p| p.complete) else {
             return Poll::Ready(None);
         };
@@ -192,11 +214,21 @@ impl Body for GuardedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.pending.is_none() || self.inner.is_end_stream()
+        self.first.is_none() && (self.pending.is_none() || self.inner.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(data) = self.first.as_ref().and_then(Frame::data_ref) else {
+            return inner;
+        };
+        let held = data.len() as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + held);
+        }
+        hint.set_lower(inner.lower() + held);
+        hint
     }
 }
 

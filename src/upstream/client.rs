@@ -1,23 +1,19 @@
 //! The upstream client: the [`Upstream`] pool over rustls (HTTP/1.1 keep-alive, HTTP/2 by ALPN),
 //! trusting the platform's roots plus `[egress] ca_file`. TCP connections come from the egress
-//! guard's [`GuardedConnector`], which resolves, classifies and dials the checked address; rustls
-//! on top verifies the certificate against the URL's hostname.
+//! guard's [`GuardedConnector`], which resolves, classifies and dials the checked address (each
+//! attempt under `[proxy] connect_timeout`); rustls on top verifies the certificate against the
+//! URL's hostname.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_rustls::HttpsConnectorBuilder;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-use super::pool::Upstream;
-use crate::config::EgressConfig;
+use super::pool::{PoolLimits, Upstream};
+use crate::config::{EgressConfig, ProxyConfig};
 use crate::egress::{EgressPolicy, GuardedConnector};
-
-/// How long a TCP connect to an upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the TLS client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +41,12 @@ pub enum ClientError {
 /// Builds the pooled upstream client; every connection it opens passes `policy`.
 pub fn build(
     egress: &EgressConfig,
-    idle_timeout: Duration,
-    max_per_origin: usize,
+    proxy: &ProxyConfig,
     policy: Arc<EgressPolicy>,
 ) -> Result<Upstream, ClientError> {
     let tls = tls_config(egress)?;
-    let guarded = GuardedConnector::new(policy, CONNECT_TIMEOUT);
-    let https = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(guarded);
-    Ok(Upstream::new(https, idle_timeout, max_per_origin))
+    let guarded = GuardedConnector::new(policy, proxy.connect_timeout);
+    Ok(Upstream::new(guarded, tls, PoolLimits::from_config(proxy)))
 }
 
 /// The rustls client configuration: platform roots plus the configured CA file.

@@ -1,39 +1,55 @@
-//! The upstream connection pool: per origin (scheme, host, port), idle HTTP/1.1 connections in
-//! a lock-free queue, and one shared HTTP/2 connection when the upstream's ALPN picks `h2`.
+//! The upstream connection pool: per origin (scheme, host, port), a bounded set of idle
+//! HTTP/1.1 connections reused most recently used first, one shared HTTP/2 connection when the
+//! upstream's ALPN picks `h2`, a cap on open connections and a circuit breaker
+//! ([`super::breaker`]).
 //!
 //! The delivery path takes no lock and looks nothing up: an endpoint finds its [`Origin`] in a
 //! slot filled on its first delivery in a snapshot (the only time the origin registry's mutex is
-//! taken), pops an idle connection, sends, and the response body puts the connection back once
-//! it has been read to the end (a body dropped half-read closes its connection). The `Host`
-//! header is built once per origin. A request a pooled connection could not start (the upstream
-//! closed it while it was idle) goes to the next idle connection, then to a new one; a request
-//! that was started is never sent twice. An idle connection older than the idle timeout
-//! ([`IDLE_TIMEOUT`] by default) is never checked out, and is closed by
-//! [`Upstream::close_idle_connections`].
+//! taken). Idle connections sit in a fixed array of slots, each claimed by a compare-and-swap on
+//! its stamp (a sequence number: the highest is the most recently released). Checkout takes the
+//! newest and checks its idle age against `[proxy] pool_idle_timeout`, or against the server's
+//! own `Keep-Alive: timeout` less a margin when that is shorter: a connection the server may be
+//! closing right now is dropped, never used. The response body puts the connection back once it
+//! has been read to the end (a body dropped half-read closes its connection). A full origin
+//! evicts its oldest idle connection (`pool_max_idle_per_origin`); past `pool_max_idle` over
+//! every origin a released connection is closed. A request a pooled connection could not start
+//! (the upstream closed it while it was idle) goes to the next idle connection, then to a new
+//! one; a request that was started is never sent twice.
+//!
+//! Each phase of opening a connection has its own deadline: every TCP connect attempt
+//! (`connect_timeout`, in the egress guard) and the TLS handshake (`tls_handshake_timeout`).
+//! Upstream response heads are bounded ([`MAX_UPSTREAM_HEAD_BYTES`]). The proxy bounds the wait
+//! for the response headers and the body.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use crossbeam_queue::SegQueue;
+use crossbeam_utils::atomic::AtomicCell;
 use http::uri::{Authority, Parts, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Request, Response, Uri};
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::Connection;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 use tower_service::Service;
 
 use super::body::ChunkBody;
+use super::breaker::{Admission, Breaker, BreakerPolicy, CircuitState};
+use crate::config::ProxyConfig;
 use crate::egress::GuardedConnector;
 use crate::store::Endpoint;
 
@@ -44,7 +60,12 @@ use crate::store::Endpoint;
 /// quiet for longer.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// The largest upstream response head (status line and headers) read: a larger one fails the
+/// exchange (`upstream_protocol`). The same bound as the proxy port's own request heads.
+pub const MAX_UPSTREAM_HEAD_BYTES: usize = 64 * 1024;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Io = TokioIo<Either<TcpStream, TlsStream<TcpStream>>>;
 
 /// Why a request did not get a response from its upstream. The cause chain keeps the egress
 /// guard's denial and rustls' error, so the proxy can tell the refusal codes apart.
@@ -52,6 +73,10 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum UpstreamError {
     #[error("connecting to the upstream")]
     Connect(#[source] BoxError),
+    #[error("TLS handshake with the upstream")]
+    Tls(#[source] io::Error),
+    #[error("TLS handshake with the upstream: no answer within {0:?}")]
+    TlsTimeout(Duration),
     #[error("HTTP handshake with the upstream")]
     Handshake(#[source] hyper::Error),
     #[error("sending the request upstream")]
@@ -61,17 +86,65 @@ pub enum UpstreamError {
     Saturated,
 }
 
+impl UpstreamError {
+    /// Whether the failure says the origin is unwell (it counts toward its circuit breaker):
+    /// it could not be reached, or its TLS handshake failed or stalled. An egress denial or a
+    /// full pool says nothing about the origin.
+    pub fn trips_breaker(&self) -> bool {
+        match self {
+            Self::Connect(err) => crate::egress::denial_in(err.as_ref()).is_none(),
+            Self::Tls(_) | Self::TlsTimeout(_) | Self::Handshake(_) => true,
+            Self::Request(_) | Self::Saturated => false,
+        }
+    }
+}
+
+/// The pool's limits, from `[proxy]`.
+#[derive(Clone, Debug)]
+pub struct PoolLimits {
+    pub tls_handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle_per_origin: usize,
+    pub max_idle: usize,
+    pub max_connections_per_origin: usize,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl PoolLimits {
+    pub fn from_config(config: &ProxyConfig) -> Self {
+        Self {
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            idle_timeout: config.pool_idle_timeout,
+            max_idle_per_origin: config.pool_max_idle_per_origin,
+            max_idle: config.pool_max_idle,
+            max_connections_per_origin: config.max_connections_per_origin,
+            breaker_failures: config.breaker_failures,
+            breaker_cooldown: config.breaker_cooldown,
+        }
+    }
+}
+
 /// The pooled upstream client every delivery goes through.
 pub struct Upstream {
-    connector: HttpsConnector<GuardedConnector>,
-    idle_timeout: Duration,
-    /// Open connections per origin, at most.
-    max_per_origin: usize,
+    connector: GuardedConnector,
+    tls: TlsConnector,
+    shared: Arc<Shared>,
     /// Every origin, by scheme, lowercase host and port (the default port spelled out or not is
     /// one origin), for [`Upstream::origin`] and the idle-connection reaper. The pool owns its
-    /// origins: an origin lives while an endpoint's slot holds it or it has idle connections,
+    /// origins: an origin lives while an endpoint's slot holds it or it has a connection open,
     /// so no store change (which replaces endpoints) closes a pooled connection.
     origins: Mutex<HashMap<(Scheme, String, u16), Arc<Origin>>>,
+}
+
+/// What every origin of one pool shares.
+struct Shared {
+    limits: PoolLimits,
+    breaker: BreakerPolicy,
+    /// Idle connections over every origin (bounded by `max_idle`).
+    idle_total: AtomicUsize,
+    /// The last idle stamp handed out (stamps order idle connections by release).
+    clock: AtomicU64,
 }
 
 /// One origin's connections.
@@ -82,24 +155,48 @@ pub struct Origin {
     connect_to: Uri,
     /// The `Host` header of HTTP/1.1 requests: the host, and the port when not the default.
     host: HeaderValue,
-    idle: SegQueue<Idle>,
-    /// Connections open (or opening) now.
+    /// The TLS server name (the host without IPv6 brackets); `None` when it is not valid.
+    server_name: Option<ServerName<'static>>,
+    idle: Box<[Slot]>,
+    /// Open connections (busy or idle, HTTP/2 counted once), for `max_connections_per_origin`.
     open: AtomicUsize,
     /// The HTTP/2 connection every request shares, once the upstream negotiated `h2`.
     shared_h2: ArcSwapOption<http2::SendRequest<ChunkBody>>,
+    breaker: Breaker,
+    shared: Arc<Shared>,
 }
+
+/// One idle connection's place. `stamp` owns the slot: [`EMPTY`], [`BUSY`] (being filled or
+/// emptied by whoever swapped it in) or the connection's release stamp.
+struct Slot {
+    stamp: AtomicU64,
+    cell: AtomicCell<Option<Box<Idle>>>,
+}
+
+const EMPTY: u64 = 0;
+const BUSY: u64 = u64::MAX;
 
 struct Idle {
     sender: http1::SendRequest<ChunkBody>,
+    open: OpenConnection,
     since: Instant,
+    /// How long it may stay idle: `pool_idle_timeout`, or less when the server said it closes
+    /// sooner (`Keep-Alive: timeout=N`).
+    max_idle: Duration,
 }
+
+/// Counts one open connection of an origin until dropped. An HTTP/1.1 connection's mark
+/// travels with its `SendRequest` (dropping one closes the connection, so the count is never
+/// behind when an old idle connection is dropped for a new one); the shared HTTP/2
+/// connection's lives in its task.
+struct OpenConnection(Arc<Origin>);
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Origin")
             .field("scheme", &self.scheme)
             .field("authority", &self.authority)
-            .field("idle", &self.idle.len())
+            .field("open", &self.open.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -107,29 +204,43 @@ impl fmt::Debug for Origin {
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
-            .field("idle_timeout", &self.idle_timeout)
+            .field("limits", &self.shared.limits)
             .finish_non_exhaustive()
     }
 }
 
+// === impl Upstream ===
+
 impl Upstream {
-    /// A pool dialling through `connector`, closing connections idle for `idle_timeout`.
+    /// A pool dialling TCP through `connector` (which bounds each connect attempt), TLS with
+    /// `tls` (ALPN `h2` and `http/1.1` are set here), under `limits`.
     pub fn new(
-        connector: HttpsConnector<GuardedConnector>,
-        idle_timeout: Duration,
-        max_per_origin: usize,
+        connector: GuardedConnector,
+        mut tls: rustls::ClientConfig,
+        limits: PoolLimits,
     ) -> Self {
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let breaker = BreakerPolicy {
+            failures: limits.breaker_failures,
+            cooldown: limits.breaker_cooldown,
+            epoch: Instant::now(),
+        };
         Self {
             connector,
-            idle_timeout,
-            max_per_origin,
+            tls: TlsConnector::from(Arc::new(tls)),
+            shared: Arc::new(Shared {
+                limits,
+                breaker,
+                idle_total: AtomicUsize::new(0),
+                clock: AtomicU64::new(EMPTY),
+            }),
             origins: Mutex::new(HashMap::new()),
         }
     }
 
     /// The origin of `target` (an absolute `http`/`https` URL), shared by every endpoint with
     /// the same scheme, host and port. Takes the registry's lock: called once per endpoint and
-    /// endpoint (see [`Upstream::origin_of`]), never per request.
+    /// snapshot (see [`Upstream::origin_of`]), never per request.
     pub fn origin(&self, target: &Uri) -> Arc<Origin> {
         let scheme = target.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let authority = target
@@ -140,9 +251,9 @@ impl Upstream {
         let key = (scheme.clone(), authority.host().to_ascii_lowercase(), port);
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(
-            origins
-                .entry(key)
-                .or_insert_with(|| Arc::new(Origin::new(scheme, authority))),
+            origins.entry(key).or_insert_with(|| {
+                Arc::new(Origin::new(scheme, authority, Arc::clone(&self.shared)))
+            }),
         )
     }
 
@@ -161,7 +272,8 @@ impl Upstream {
     }
 
     /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
-    /// connection, else an idle HTTP/1.1 one, else a new connection.
+    /// connection, else the most recently used idle HTTP/1.1 one younger than its idle
+    /// timeout, else a new connection (when the origin is under its connection cap).
     pub async fn send(
         &self,
         origin: &Arc<Origin>,
@@ -182,17 +294,24 @@ impl Upstream {
         }
 
         to_http1_form(&mut request, origin);
-        while let Some(Idle { mut sender, since }) = origin.idle.pop() {
-            // Past the idle timeout the upstream may be closing it right now: a POST sent into
-            // that race cannot be retried. Checked here, not only by the reaper.
-            if since.elapsed() >= self.idle_timeout {
+        while let Some(Idle {
+            mut sender,
+            open,
+            since,
+            max_idle,
+        }) = origin.take_idle()
+        {
+            // Past its idle timeout the upstream may be closing it right now: a POST sent into
+            // that race cannot be retried. Dropped (closed), as is one closed while idle.
+            if since.elapsed() >= max_idle || sender.is_closed() {
                 continue;
             }
             if sender.ready().await.is_err() {
-                continue; // closed while idle
+                continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(UpstreamBody::pooled(response, sender, origin)),
+                Ok(response) => return Ok(UpstreamBody::pooled(response, sender, open)),
+                // Provably never left: hyper hands the request back only when it wrote nothing.
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => request = unsent,
                     None => return Err(UpstreamError::Request(err.into_error())),
@@ -211,20 +330,16 @@ impl Upstream {
         origin: &Arc<Origin>,
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let open = Open::reserve(origin, self.max_per_origin).ok_or(UpstreamError::Saturated)?;
-        let io = self
-            .connector
-            .clone()
-            .call(origin.connect_to.clone())
-            .await
-            .map_err(UpstreamError::Connect)?;
-        if io.connected().is_negotiated_h2() {
+        let open = origin.open_connection()?;
+        let (io, h2) = self.connect(origin).await?;
+        if h2 {
             let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .max_header_list_size(MAX_UPSTREAM_HEAD_BYTES as u32)
                 .handshake(io)
                 .await
                 .map_err(UpstreamError::Handshake)?;
-            drive(connection, "HTTP/2", open);
+            drive(connection, "HTTP/2", Some(open));
             origin.shared_h2.store(Some(Arc::new(sender.clone())));
             to_http2_form(&mut request, origin);
             let response = sender
@@ -234,22 +349,52 @@ impl Upstream {
             return Ok(response.map(UpstreamBody::unpooled));
         }
         let (mut sender, connection) = http1::Builder::new()
+            .max_buf_size(MAX_UPSTREAM_HEAD_BYTES)
             .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
-        drive(connection, "HTTP/1.1", open);
+        drive(connection, "HTTP/1.1", None);
         let response = sender
             .send_request(request)
             .await
             .map_err(UpstreamError::Request)?;
-        Ok(UpstreamBody::pooled(response, sender, origin))
+        Ok(UpstreamBody::pooled(response, sender, open))
     }
 
-    /// Closes, every third of the idle timeout, the connections idle for longer than it (and
+    /// TCP through the egress guard, then TLS (for `https`) under its own deadline. Whether
+    /// ALPN chose `h2`.
+    async fn connect(&self, origin: &Origin) -> Result<(Io, bool), UpstreamError> {
+        let tcp = self
+            .connector
+            .clone()
+            .call(origin.connect_to.clone())
+            .await
+            .map_err(|err| UpstreamError::Connect(Box::new(err)))?
+            .into_inner();
+        if origin.scheme == Scheme::HTTP {
+            return Ok((TokioIo::new(Either::Left(tcp)), false));
+        }
+        let name = origin.server_name.clone().ok_or_else(|| {
+            UpstreamError::Tls(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the host is not a valid TLS server name",
+            ))
+        })?;
+        let timeout = self.shared.limits.tls_handshake_timeout;
+        let tls = tokio::time::timeout(timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| UpstreamError::TlsTimeout(timeout))?
+            .map_err(UpstreamError::Tls)?;
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        Ok((TokioIo::new(Either::Right(tls)), h2))
+    }
+
+    /// Closes, every third of the idle timeout, the connections idle for longer than theirs (and
     /// those the upstream closed), and forgets origins that no endpoint holds and that have no
     /// connection left. Runs forever.
     pub async fn close_idle_connections(&self) {
-        let mut tick = tokio::time::interval(self.idle_timeout / 3);
+        let period = (self.shared.limits.idle_timeout / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -262,16 +407,23 @@ impl Upstream {
         let mut kept = 0;
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         origins.retain(|_, origin| {
-            let idle = origin.drop_stale(now, self.idle_timeout);
-            kept += idle;
-            Arc::strong_count(origin) > 1 || idle > 0 || origin.shared_h2.load().is_some()
+            kept += origin.drop_stale(now);
+            // Held by an endpoint, or by one of its own open connections.
+            Arc::strong_count(origin) > 1
         });
         kept
     }
+
+    /// Idle connections over every origin.
+    pub fn idle_connections(&self) -> usize {
+        self.shared.idle_total.load(Ordering::Relaxed)
+    }
 }
 
+// === impl Origin ===
+
 impl Origin {
-    fn new(scheme: Scheme, authority: Authority) -> Self {
+    fn new(scheme: Scheme, authority: Authority, shared: Arc<Shared>) -> Self {
         let host = match authority.port_u16() {
             Some(port) if port != default_port(&scheme) => {
                 HeaderValue::from_str(authority.as_str())
@@ -287,15 +439,140 @@ impl Origin {
             parts
         })
         .expect("scheme, authority and / make a URI");
+        let bare = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = ServerName::try_from(bare.to_owned()).ok();
+        let idle = (0..shared.limits.max_idle_per_origin)
+            .map(|_| Slot {
+                stamp: AtomicU64::new(EMPTY),
+                cell: AtomicCell::new(None),
+            })
+            .collect();
         Self {
             scheme,
             authority,
             connect_to,
             host,
-            idle: SegQueue::new(),
+            server_name,
+            idle,
             open: AtomicUsize::new(0),
             shared_h2: ArcSwapOption::empty(),
+            breaker: Breaker::default(),
+            shared,
         }
+    }
+
+    /// Whether a delivery may go to this origin now (see [`Breaker`]).
+    pub fn admit(&self) -> Admission {
+        self.breaker.admit(&self.shared.breaker)
+    }
+
+    /// Records, for its breaker, whether the origin answered; the state change this caused.
+    pub fn record(&self, healthy: bool) -> Option<CircuitState> {
+        self.breaker.record(&self.shared.breaker, healthy)
+    }
+
+    /// Counts a connection about to be opened, or refuses at the cap.
+    fn open_connection(self: &Arc<Self>) -> Result<OpenConnection, UpstreamError> {
+        let cap = self.shared.limits.max_connections_per_origin;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (now < cap).then_some(now + 1)
+            })
+            .map_err(|_| UpstreamError::Saturated)?;
+        Ok(OpenConnection(Arc::clone(self)))
+    }
+
+    /// Takes the most recently released idle connection.
+    fn take_idle(&self) -> Option<Idle> {
+        loop {
+            let (index, stamp) = self
+                .idle
+                .iter()
+                .enumerate()
+                .map(|(index, slot)| (index, slot.stamp.load(Ordering::Acquire)))
+                .filter(|&(_, stamp)| stamp != EMPTY && stamp != BUSY)
+                .max_by_key(|&(_, stamp)| stamp)?;
+            let slot = &self.idle[index];
+            if slot
+                .stamp
+                .compare_exchange(stamp, BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue; // another delivery took it
+            }
+            let idle = slot.cell.take();
+            slot.stamp.store(EMPTY, Ordering::Release);
+            self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+            if let Some(idle) = idle {
+                return Some(*idle);
+            }
+        }
+    }
+
+    /// Puts a connection whose response was read to the end back, evicting the oldest idle
+    /// one when the origin is full; closes it instead past the pool's total.
+    fn put_idle(
+        &self,
+        sender: http1::SendRequest<ChunkBody>,
+        open: OpenConnection,
+        advertised: Option<Duration>,
+    ) {
+        let limits = &self.shared.limits;
+        let max_idle = advertised.map_or(limits.idle_timeout, |server| {
+            // The server counts from its last write, we from our last read: keep a margin.
+            let margin = (server / 2).min(Duration::from_millis(500));
+            limits.idle_timeout.min(server - margin)
+        });
+        if self.idle.is_empty() || max_idle.is_zero() {
+            return; // dropped: the connection closes
+        }
+        if self.shared.idle_total.fetch_add(1, Ordering::AcqRel) >= limits.max_idle {
+            self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        let stamp = self.shared.clock.fetch_add(1, Ordering::AcqRel) + 1;
+        let idle = Box::new(Idle {
+            sender,
+            open,
+            since: Instant::now(),
+            max_idle,
+        });
+        for slot in self.idle.iter() {
+            if slot
+                .stamp
+                .compare_exchange(EMPTY, BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                slot.cell.store(Some(idle));
+                slot.stamp.store(stamp, Ordering::Release);
+                return;
+            }
+        }
+        // Full: the oldest makes room (it is the likeliest to be closed by the server).
+        let oldest = self
+            .idle
+            .iter()
+            .map(|slot| (slot, slot.stamp.load(Ordering::Acquire)))
+            .filter(|&(_, stamp)| stamp != EMPTY && stamp != BUSY)
+            .min_by_key(|&(_, stamp)| stamp);
+        if let Some((slot, old)) = oldest {
+            if slot
+                .stamp
+                .compare_exchange(old, BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                drop(slot.cell.swap(Some(idle)));
+                slot.stamp.store(stamp, Ordering::Release);
+                // One idle connection replaced another: the total is unchanged.
+                self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+                return;
+            }
+        }
+        // Every slot was being used by another caller at once: this one closes.
+        self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn forget_h2(&self, closed: &Arc<http2::SendRequest<ChunkBody>>) {
@@ -303,23 +580,46 @@ impl Origin {
             .compare_and_swap(closed, None::<Arc<http2::SendRequest<ChunkBody>>>);
     }
 
-    fn drop_stale(&self, now: Instant, idle_timeout: Duration) -> usize {
+    fn drop_stale(&self, now: Instant) -> usize {
         if let Some(shared) = self.shared_h2.load_full() {
             if shared.is_closed() {
                 self.forget_h2(&shared);
             }
         }
         let mut kept = 0;
-        // Each entry is looked at once; connections released meanwhile go to the back.
-        for _ in 0..self.idle.len() {
-            let Some(idle) = self.idle.pop() else { break };
-            if !idle.sender.is_closed() && now.saturating_duration_since(idle.since) < idle_timeout
+        for slot in self.idle.iter() {
+            let stamp = slot.stamp.load(Ordering::Acquire);
+            if stamp == EMPTY
+                || stamp == BUSY
+                || slot
+                    .stamp
+                    .compare_exchange(stamp, BUSY, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
             {
-                self.idle.push(idle);
-                kept += 1;
+                continue;
+            }
+            match slot.cell.take() {
+                Some(idle)
+                    if !idle.sender.is_closed()
+                        && now.saturating_duration_since(idle.since) < idle.max_idle =>
+                {
+                    slot.cell.store(Some(idle));
+                    slot.stamp.store(stamp, Ordering::Release);
+                    kept += 1;
+                }
+                _ => {
+                    slot.stamp.store(EMPTY, Ordering::Release);
+                    self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+                }
             }
         }
         kept
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -331,38 +631,30 @@ fn default_port(scheme: &Scheme) -> u16 {
     }
 }
 
-/// Runs a connection's I/O in its own task until the connection ends.
-/// One connection counted open on its origin until dropped (with the connection's task).
-struct Open(Arc<Origin>);
-
-impl Open {
-    fn reserve(origin: &Arc<Origin>, max: usize) -> Option<Self> {
-        origin
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
-                (now < max).then_some(now + 1)
-            })
-            .ok()
-            .map(|_| Self(Arc::clone(origin)))
-    }
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-fn drive<C>(connection: C, version: &'static str, open: Open)
+/// Runs a connection's I/O in its own task until the connection ends; `open`, when given,
+/// counts it against its origin's cap meanwhile.
+fn drive<C>(connection: C, version: &'static str, open: Option<OpenConnection>)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
-        let _open = open;
         if let Err(err) = connection.await {
             tracing::debug!(error = %err, version, "upstream connection ended with an error");
         }
+        drop(open);
     });
+}
+
+/// The `timeout=N` (seconds) of a `Keep-Alive` response header: when the server will close
+/// the connection once idle (Node.js sends `timeout=5`, Apache its `KeepAliveTimeout`).
+fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("keep-alive")?.to_str().ok()?;
+    value
+        .split(',')
+        .filter_map(|param| param.trim().split_once('='))
+        .find(|(name, _)| name.trim().eq_ignore_ascii_case("timeout"))
+        .and_then(|(_, seconds)| seconds.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 /// HTTP/1.1 requests carry the path alone and a `Host` header.
@@ -395,10 +687,16 @@ fn to_http2_form(request: &mut Request<ChunkBody>, origin: &Origin) {
 }
 
 /// An upstream response body. On an HTTP/1.1 connection, the connection goes back to its
-/// origin's idle queue once the body has been read to the end.
+/// origin's idle slots once the body has been read to the end.
 pub struct UpstreamBody {
     inner: Incoming,
-    reusable: Option<(http1::SendRequest<ChunkBody>, Arc<Origin>)>,
+    /// The connection, its place under the origin's cap, and the idle timeout its server
+    /// advertised.
+    reusable: Option<(
+        http1::SendRequest<ChunkBody>,
+        OpenConnection,
+        Option<Duration>,
+    )>,
 }
 
 impl UpstreamBody {
@@ -412,12 +710,16 @@ impl UpstreamBody {
     fn pooled(
         response: Response<Incoming>,
         sender: http1::SendRequest<ChunkBody>,
-        origin: &Arc<Origin>,
+        open: OpenConnection,
     ) -> Response<Self> {
+        let status = response.status();
+        let advertised = keep_alive_timeout(response.headers());
         response.map(|inner| {
             let mut body = Self {
                 inner,
-                reusable: Some((sender, Arc::clone(origin))),
+                // A 101 switched the connection to another protocol: never reused.
+                reusable: (status != StatusCode::SWITCHING_PROTOCOLS)
+                    .then_some((sender, open, advertised)),
             };
             // An empty body (204, 304, `Content-Length: 0`) may never be polled.
             if body.inner.is_end_stream() {
@@ -428,11 +730,9 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, origin)) = self.reusable.take() {
-            origin.idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+        if let Some((sender, open, advertised)) = self.reusable.take() {
+            let origin = Arc::clone(&open.0);
+            origin.put_idle(sender, open, advertised);
         }
     }
 }
@@ -477,11 +777,38 @@ impl Body for UpstreamBody {
 mod tests {
     use super::*;
 
+    fn limits() -> PoolLimits {
+        PoolLimits {
+            tls_handshake_timeout: Duration::from_secs(1),
+            idle_timeout: IDLE_TIMEOUT,
+            max_idle_per_origin: 4,
+            max_idle: 16,
+            max_connections_per_origin: 2,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        let limits = limits();
+        Arc::new(Shared {
+            breaker: BreakerPolicy {
+                failures: limits.breaker_failures,
+                cooldown: limits.breaker_cooldown,
+                epoch: Instant::now(),
+            },
+            limits,
+            idle_total: AtomicUsize::new(0),
+            clock: AtomicU64::new(EMPTY),
+        })
+    }
+
     fn origin(url: &str) -> Origin {
         let uri: Uri = url.parse().unwrap();
         Origin::new(
             uri.scheme().unwrap().clone(),
             uri.authority().unwrap().clone(),
+            shared(),
         )
     }
 
@@ -498,6 +825,18 @@ mod tests {
         ] {
             assert_eq!(origin(url).host, host, "{url}");
         }
+    }
+
+    #[test]
+    fn tls_server_names_drop_the_ipv6_brackets() {
+        assert_eq!(
+            origin("https://[2001:db8::1]:8443/").server_name,
+            Some(ServerName::try_from("2001:db8::1").unwrap())
+        );
+        assert_eq!(
+            origin("https://example.com/").server_name,
+            Some(ServerName::try_from("example.com").unwrap())
+        );
     }
 
     #[test]
@@ -519,33 +858,27 @@ mod tests {
     #[test]
     fn endpoints_of_one_origin_share_its_pool() {
         let pool = Upstream::new(
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(
-                        rustls::crypto::ring::default_provider(),
-                    ))
-                    .with_safe_default_protocol_versions()
-                    .unwrap()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(GuardedConnector::new(
-                    Arc::new(crate::egress::EgressPolicy::new(
-                        &crate::config::EgressConfig {
-                            allow_http: true,
-                            allow_private: false,
-                            allow_cidrs: Vec::new(),
-                            allow_ports: Vec::new(),
-                            ca_file: None,
-                        },
-                        Arc::new(crate::egress::SystemResolver),
-                    )),
-                    Duration::from_secs(1),
+            GuardedConnector::new(
+                Arc::new(crate::egress::EgressPolicy::new(
+                    &crate::config::EgressConfig {
+                        allow_http: true,
+                        allow_private: false,
+                        allow_cidrs: Vec::new(),
+                        allow_ports: Vec::new(),
+                        ca_file: None,
+                    },
+                    Arc::new(crate::egress::SystemResolver),
                 )),
-            IDLE_TIMEOUT,
-            16,
+                Duration::from_secs(1),
+            ),
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+            limits(),
         );
         let a = pool.origin(&"https://example.com/a".parse().unwrap());
         let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap());
@@ -556,11 +889,52 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &e), "host names are not case-sensitive");
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(!Arc::ptr_eq(&a, &d));
+        let open = a.open_connection().unwrap();
         drop((a, b, c, d, e));
+        pool.drop_stale(Instant::now());
+        assert_eq!(
+            pool.origins.lock().unwrap().len(),
+            1,
+            "an origin with a connection open is kept"
+        );
+        drop(open);
         assert_eq!(pool.drop_stale(Instant::now()), 0);
         assert!(
             pool.origins.lock().unwrap().is_empty(),
             "origins no endpoint holds are forgotten"
         );
+    }
+
+    #[test]
+    fn keep_alive_timeouts_are_read_from_the_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(keep_alive_timeout(&headers), None);
+        headers.insert(
+            "keep-alive",
+            HeaderValue::from_static("timeout=5, max=1000"),
+        );
+        assert_eq!(keep_alive_timeout(&headers), Some(Duration::from_secs(5)));
+        headers.insert("keep-alive", HeaderValue::from_static("max=3,Timeout = 1"));
+        assert_eq!(keep_alive_timeout(&headers), Some(Duration::from_secs(1)));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=soon"));
+        assert_eq!(keep_alive_timeout(&headers), None);
+    }
+
+    #[test]
+    fn idle_slots_are_lock_free() {
+        assert!(AtomicCell::<Option<Box<Idle>>>::is_lock_free());
+    }
+
+    #[test]
+    fn open_connections_are_capped_per_origin() {
+        let origin = Arc::new(origin("https://example.com/"));
+        let a = origin.open_connection().unwrap();
+        let _b = origin.open_connection().unwrap();
+        assert!(matches!(
+            origin.open_connection(),
+            Err(UpstreamError::Saturated)
+        ));
+        drop(a);
+        assert!(origin.open_connection().is_ok());
     }
 }
