@@ -13,21 +13,45 @@ use crate::egress::DenyReason;
 use crate::outcome::Outcome;
 use crate::upstream::breaker::CircuitState;
 
-/// The outcomes an upstream exchange can end its header phase with: the `outcome` label of
-/// `hooksign_upstream_duration_seconds` (`success`/`failed` by the response's status).
-const UPSTREAM_OUTCOMES: [Outcome; 6] = [
+/// How an exchange that reached for the upstream can end: the `outcome` label of
+/// `hooksign_upstream_duration_seconds`.
+const UPSTREAM_OUTCOMES: [Outcome; 10] = [
     Outcome::Success,
     Outcome::Failed,
     Outcome::UpstreamUnreachable,
     Outcome::UpstreamTls,
     Outcome::UpstreamTimeout,
     Outcome::UpstreamProtocol,
+    Outcome::UpstreamBodyTimeout,
+    Outcome::UpstreamBodyFailed,
+    Outcome::UpstreamResponseTooLarge,
+    Outcome::ClientClosed,
 ];
 
 /// Upstream latency buckets, loopback to the far side of the internet (seconds).
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// Which bulkhead refused a delivery with 503 `upstream_saturated` (`limit` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bulkhead {
+    /// `[proxy] max_in_flight_per_endpoint`.
+    EndpointInFlight,
+    /// `[proxy] max_connections_per_origin`.
+    OriginConnections,
+}
+
+impl Bulkhead {
+    pub const ALL: [Bulkhead; 2] = [Self::EndpointInFlight, Self::OriginConnections];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::EndpointInFlight => "endpoint_in_flight",
+            Self::OriginConnections => "origin_connections",
+        }
+    }
+}
 
 /// Why a store reload ended as it did (`result` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +89,8 @@ pub struct Metrics {
     upstream_duration: Vec<Option<Histogram>>,
     /// `hooksign_circuit_transitions_total`, per state entered.
     circuit_transitions: Vec<IntCounter>,
+    /// `hooksign_bulkhead_refusals_total`, per limit.
+    bulkhead_refusals: Vec<IntCounter>,
     in_flight: IntGauge,
     /// Store load and reload results (handed to the store's watcher).
     pub reload: ReloadMetrics,
@@ -129,7 +155,7 @@ impl Metrics {
         let upstream_duration_vec = HistogramVec::new(
             HistogramOpts::new(
                 "hooksign_upstream_duration_seconds",
-                "Time from sending a delivery upstream to its response headers, or to the failure that ended it, by outcome",
+                "Time from sending a delivery upstream to its response headers (or to the failure that came first), by how the delivery ended",
             )
             .buckets(UPSTREAM_BUCKETS.to_vec()),
             &["outcome"],
@@ -149,6 +175,17 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let bulkhead_vec = IntCounterVec::new(
+            Opts::new(
+                "hooksign_bulkhead_refusals_total",
+                "Deliveries refused 503 upstream_saturated, by the limit that was reached",
+            ),
+            &["limit"],
+        )?;
+        let bulkhead_refusals = Bulkhead::ALL
+            .iter()
+            .map(|limit| bulkhead_vec.with_label_values(&[limit.as_label()]))
+            .collect();
         let circuit_transitions = CircuitState::ALL
             .iter()
             .map(|state| circuit_transitions_vec.with_label_values(&[state.as_label()]))
@@ -212,6 +249,7 @@ impl Metrics {
         registry.register(Box::new(deliveries_vec))?;
         registry.register(Box::new(upstream_duration_vec))?;
         registry.register(Box::new(circuit_transitions_vec))?;
+        registry.register(Box::new(bulkhead_vec))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
@@ -228,6 +266,7 @@ impl Metrics {
             deliveries,
             upstream_duration,
             circuit_transitions,
+            bulkhead_refusals,
             in_flight,
             reload: ReloadMetrics {
                 applied: reloads.with_label_values(&["success"]),
@@ -257,12 +296,17 @@ impl Metrics {
         self.egress_blocked_by_reason[reason as usize].inc();
     }
 
-    /// Records the upstream's time to response headers (`success`/`failed`) or to the failure
-    /// `outcome` that ended the exchange first.
+    /// Records the upstream's time to response headers, or to the failure that came first, under
+    /// how the delivery ended (`success` only for a 2xx whose body arrived whole).
     pub fn upstream_duration(&self, outcome: Outcome, seconds: f64) {
         if let Some(histogram) = &self.upstream_duration[outcome as usize] {
             histogram.observe(seconds);
         }
+    }
+
+    /// Counts a delivery refused by `limit` (also counted as `upstream_saturated`).
+    pub fn bulkhead_refused(&self, limit: Bulkhead) {
+        self.bulkhead_refusals[limit as usize].inc();
     }
 
     /// Counts an origin's circuit breaker entering `state`.

@@ -54,11 +54,17 @@ pub enum Outcome {
     /// The origin's circuit breaker is open after repeated connect, TLS or timeout failures: 503
     /// at once, with `Retry-After` until the next probe.
     CircuitOpen,
+    /// A request head hyper could not parse: its own 400, given hooksign's envelope.
+    MalformedRequest,
+    /// A request head over [`crate::proxy::MAX_HEAD_BYTES`]: hyper's own 431.
+    RequestHeadTooLarge,
+    /// A request target hyper refused as too long: its own 414.
+    UriTooLong,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 26] = [
+    pub const ALL: [Outcome; 29] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -85,6 +91,9 @@ impl Outcome {
         Self::UpstreamSaturated,
         Self::UpstreamProtocol,
         Self::CircuitOpen,
+        Self::MalformedRequest,
+        Self::RequestHeadTooLarge,
+        Self::UriTooLong,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -116,6 +125,9 @@ impl Outcome {
             Self::UpstreamSaturated => "upstream_saturated",
             Self::UpstreamProtocol => "upstream_protocol",
             Self::CircuitOpen => "circuit_open",
+            Self::MalformedRequest => "malformed_request",
+            Self::RequestHeadTooLarge => "request_head_too_large",
+            Self::UriTooLong => "uri_too_long",
         }
     }
 
@@ -134,16 +146,20 @@ impl Outcome {
             Self::UpstreamUnreachable | Self::UpstreamTls => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::StoreNotLoaded => StatusCode::SERVICE_UNAVAILABLE,
-            // Decided after the upstream's status went out: never a status of their own.
-            Self::UpstreamBodyTimeout
-            | Self::UpstreamBodyFailed
-            | Self::UpstreamResponseTooLarge
-            | Self::ClientClosed => StatusCode::BAD_GATEWAY,
+            // Hooksign's own status when the body failed before its first bytes (they are read
+            // before the head goes out); after that the customer's status is already sent.
+            Self::UpstreamBodyTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamBodyFailed | Self::UpstreamResponseTooLarge | Self::ClientClosed => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::RepeatedWebhookId | Self::RepeatedWebhookEvent => StatusCode::BAD_REQUEST,
             Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamSaturated | Self::CircuitOpen => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            Self::MalformedRequest => StatusCode::BAD_REQUEST,
+            Self::RequestHeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
         }
     }
 
@@ -190,6 +206,9 @@ impl Outcome {
             Self::CircuitOpen => {
                 "the endpoint's server failed repeatedly; deliveries to it fail fast until a probe succeeds"
             }
+            Self::MalformedRequest => "the request head is not valid HTTP/1.1",
+            Self::RequestHeadTooLarge => "the request head is larger than 64 KiB",
+            Self::UriTooLong => "the request target is too long",
         }
     }
 

@@ -531,15 +531,20 @@ pub async fn test(
     .await;
     let report = match sent {
         Ok(response) => {
+            let headers_after = started.elapsed();
             let status = response.status();
             // Read (a bounded amount of) the answer so the connection can be reused.
             let read = Limited::new(response.into_body(), TEST_RESPONSE_LIMIT)
                 .collect()
                 .await;
-            state.metrics.delivery(match read {
+            let outcome = match read {
                 Ok(_) => proxy::completed_outcome(status),
                 Err(_) => crate::outcome::Outcome::UpstreamBodyFailed,
-            });
+            };
+            state.metrics.delivery(outcome);
+            state
+                .metrics
+                .upstream_duration(outcome, headers_after.as_secs_f64());
             TestReport {
                 delivered: status.is_success(),
                 status_code: Some(status.as_u16()),

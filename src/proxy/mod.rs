@@ -6,6 +6,7 @@
 //! pooled upstream request. Every refusal is a JSON error with `X-Hooksign-Error: <code>` so the
 //! application can tell hooksign's answer from its customer's.
 
+mod conn;
 mod headers;
 mod response;
 
@@ -39,7 +40,7 @@ pub use response::GuardedBody;
 
 use crate::egress::{self, DenyReason};
 use crate::error_chain::error_chain;
-use crate::metrics::InFlight;
+use crate::metrics::{Bulkhead, InFlight};
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
 use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
@@ -113,8 +114,19 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // The service's calls on this connection: a response written while all are answered
+        // and flushed is one of hyper's own, which `Marked` gives hooksign's envelope.
+        let calls = Arc::new(conn::Calls::default());
+        let stream = conn::Marked::new(stream, Arc::clone(&calls), Arc::clone(&state));
         let state = Arc::clone(&state);
-        let service = service_fn(move |request| handle(Arc::clone(&state), request));
+        let service = service_fn(move |request| {
+            let answering = conn::Answering::new(&calls);
+            let state = Arc::clone(&state);
+            async move {
+                let response = handle(state, request).await?;
+                Ok::<_, Infallible>(response.map(|body| answering.guard(body)))
+            }
+        });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tasks.spawn(async move {
             if let Err(err) = connection.await {
@@ -229,7 +241,7 @@ async fn deliver(
         return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
     }
     let busy = Busy::begin(&endpoint, state.config.proxy.max_in_flight_per_endpoint)
-        .ok_or_else(|| state.refuse(Outcome::UpstreamSaturated, Some(&uuid)))?;
+        .ok_or_else(|| state.saturated(Bulkhead::EndpointInFlight, &uuid))?;
     if let Some(event) = parts.headers.get(&X_WEBHOOK_EVENT) {
         if !endpoint.subscribes_to(event.as_bytes()) {
             return Err(state.refuse(Outcome::EventNotSubscribed, Some(&uuid)));
@@ -263,7 +275,15 @@ async fn deliver(
     let mut response = match sent {
         Ok(response) => response,
         Err(refused) => {
-            record_delivery(state, &endpoint, DeliveryOutcome::Failed);
+            // A fast-fail sent nothing: it is not a delivery, and does not count toward
+            // `auto_disable_after` (an open circuit would otherwise disable every endpoint of
+            // its origin within seconds).
+            if !matches!(
+                refused.outcome,
+                Outcome::CircuitOpen | Outcome::UpstreamSaturated
+            ) {
+                record_delivery(state, &endpoint, DeliveryOutcome::Failed);
+            }
             return Err(refused);
         }
     };
@@ -310,14 +330,21 @@ fn ambiguous(parts: &http::request::Parts) -> Option<Outcome> {
     if repeated(&X_WEBHOOK_EVENT) {
         return Some(Outcome::RepeatedWebhookEvent);
     }
-    let codings = parts.headers.get_all(header::TRANSFER_ENCODING);
-    let only_chunked = codings.iter().all(|value| {
-        value.to_str().is_ok_and(|text| {
-            text.split(',')
-                .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
-        })
-    });
-    (!only_chunked).then_some(Outcome::UnsupportedTransferCoding)
+    (!transfer_coding_is_plain_chunked(&parts.headers))
+        .then_some(Outcome::UnsupportedTransferCoding)
+}
+
+/// A request's `Transfer-Encoding` is absent or exactly one `chunked` (RFC 9112 section 6.1:
+/// chunked is applied once, and a proxy must not guess at framing it does not implement).
+fn transfer_coding_is_plain_chunked(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+    match (values.next(), values.next()) {
+        (None, _) => true,
+        (Some(value), None) => value
+            .to_str()
+            .is_ok_and(|text| text.trim().eq_ignore_ascii_case("chunked")),
+        (Some(_), Some(_)) => false,
+    }
 }
 
 /// How a delivery whose response body arrived whole ended: `success` for a 2xx, else `failed`.
@@ -399,7 +426,7 @@ pub async fn forward(
                 return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
             }
             if matches!(err, UpstreamError::Saturated) {
-                return Err(state.refuse(Outcome::UpstreamSaturated, Some(&uuid)));
+                return Err(state.saturated(Bulkhead::OriginConnections, &uuid));
             }
             let outcome = classify_upstream_error(&err);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
@@ -421,28 +448,23 @@ pub async fn forward(
         tracing::warn!(endpoint = %uuid, status = response.status().as_u16(), code = Outcome::UpstreamProtocol.as_label(), "upstream answered with an unrequested 1xx");
         return Err(state.refuse(Outcome::UpstreamProtocol, Some(&uuid)));
     }
-    exchanged(
-        state,
-        &origin,
-        &uuid,
-        completed_outcome(response.status()),
-        elapsed,
-    );
+    // Answered: healthy for the breaker. The histogram is fed when the body ends (by the
+    // caller), with how the delivery ended.
+    if let Some(to) = origin.record(true) {
+        circuit_changed(state, &uuid, to);
+    }
     tracing::debug!(endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
     Ok(response)
 }
 
-/// Accounts for an exchange whose header phase ended with `outcome` after `elapsed`: the
-/// upstream histogram, and the origin's breaker (a response of any kind is healthy; a connect,
-/// TLS or header timeout failure is not).
+/// Accounts for an exchange that failed with `outcome` after `elapsed`, before a usable
+/// response: the upstream histogram, and the origin's breaker (an unrequested 1xx is an answer,
+/// so healthy; a connect, TLS or header timeout failure is not).
 fn exchanged(state: &AppState, origin: &Origin, uuid: &Uuid, outcome: Outcome, elapsed: Duration) {
     state
         .metrics
         .upstream_duration(outcome, elapsed.as_secs_f64());
-    let healthy = matches!(
-        outcome,
-        Outcome::Success | Outcome::Failed | Outcome::UpstreamProtocol
-    );
+    let healthy = outcome == Outcome::UpstreamProtocol;
     if let Some(to) = origin.record(healthy) {
         circuit_changed(state, uuid, to);
     }
@@ -508,6 +530,12 @@ pub(crate) fn record_delivery(
 }
 
 impl AppState {
+    /// Counts a refusal by a bulkhead (503 `upstream_saturated`).
+    fn saturated(&self, limit: Bulkhead, endpoint: &Uuid) -> Refused {
+        self.metrics.bulkhead_refused(limit);
+        self.refuse(Outcome::UpstreamSaturated, Some(endpoint))
+    }
+
     /// Counts a refusal; returns it for the response (`handle` logs it, with the endpoint and its
     /// duration).
     fn refuse(&self, outcome: Outcome, endpoint: Option<&Uuid>) -> Refused {

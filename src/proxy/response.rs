@@ -78,6 +78,8 @@ struct Pending {
     endpoint: Arc<Endpoint>,
     /// The outcome if the body ends normally (`success` for 2xx, else `failed`).
     complete: Outcome,
+    /// From sending the request to its response headers (for the upstream histogram).
+    headers_after: Duration,
     _in_flight: InFlight,
     _busy: Busy,
 }
@@ -110,6 +112,7 @@ impl GuardedBody {
                 state,
                 endpoint,
                 complete,
+                headers_after: started.elapsed(),
                 _in_flight: in_flight,
                 _busy: busy,
             }),
@@ -141,7 +144,9 @@ impl GuardedBody {
         let Some(pending) = self.pending.take() else {
             return;
         };
-        pending.state.metrics.delivery(outcome);
+        let metrics = &pending.state.metrics;
+        metrics.delivery(outcome);
+        metrics.upstream_duration(outcome, pending.headers_after.as_secs_f64());
         let recorded = if outcome == Outcome::Success {
             DeliveryOutcome::Success
         } else {

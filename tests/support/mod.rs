@@ -868,3 +868,252 @@ pub async fn call(
         .unwrap();
     Reply::read(response).await
 }
+
+// === RawUpstream: misbehaving servers on raw TCP ===
+
+/// What a [`RawUpstream`] received on one connection: each request's head (lowercase header
+/// names looked up with [`RawRequest::header`]) and body.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// The request line (`POST /path HTTP/1.1`).
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    /// Every value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect()
+    }
+}
+
+/// A plain-HTTP server on 127.0.0.1:0 whose every connection is handed to a script: the test
+/// decides byte by byte what the upstream does (stall, drip, reset, lie about framing). Stops
+/// when dropped.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<RawRequest>>>,
+    connections: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A connection handed to a [`RawUpstream`] script, with the log of what it read.
+pub struct RawConnection {
+    pub stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+    requests: Arc<Mutex<Vec<RawRequest>>>,
+}
+
+impl RawConnection {
+    /// Reads one request (head, then a `Content-Length` or chunked body); `None` at EOF.
+    pub async fn read_request(&mut self) -> Option<RawRequest> {
+        use tokio::io::AsyncReadExt;
+        let head_end = loop {
+            if let Some(at) = find(&self.buffer, b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match self.stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buffer[..head_end]).into_owned();
+        self.buffer.drain(..head_end);
+        let mut request = RawRequest {
+            head,
+            body: Vec::new(),
+        };
+        let chunked = request
+            .header("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        if chunked {
+            // Good enough for tests: read to the terminating zero-length chunk.
+            while find(&self.buffer, b"0\r\n\r\n").is_none() {
+                let mut chunk = [0u8; 8192];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let end = find(&self.buffer, b"0\r\n\r\n").unwrap() + 5;
+            request.body = self.buffer.drain(..end).collect();
+        } else {
+            let length: usize = request
+                .header("content-length")
+                .first()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while self.buffer.len() < length {
+                let mut chunk = [0u8; 8192];
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            request.body = self.buffer.drain(..length).collect();
+        }
+        self.requests.lock().unwrap().push(request.clone());
+        Some(request)
+    }
+
+    /// Writes `bytes` and flushes; false when the peer is gone.
+    pub async fn write(&mut self, bytes: impl AsRef<[u8]>) -> bool {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes.as_ref()).await.is_ok() && self.stream.flush().await.is_ok()
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl RawUpstream {
+    /// Serves every connection with `script`.
+    pub async fn start<F, Fut>(script: F) -> Self
+    where
+        F: Fn(RawConnection) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let requests = Arc::clone(&requests);
+            let connections = Arc::clone(&connections);
+            let script = Arc::new(script);
+            async move {
+                let mut open = tokio::task::JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    connections.fetch_add(1, Ordering::SeqCst);
+                    let connection = RawConnection {
+                        stream,
+                        buffer: Vec::new(),
+                        requests: Arc::clone(&requests),
+                    };
+                    open.spawn((script)(connection));
+                    while open.try_join_next().is_some() {}
+                }
+            }
+        });
+        Self {
+            addr,
+            requests,
+            connections,
+            task,
+        }
+    }
+
+    /// A server that answers every request on a keep-alive connection with `response` (a whole
+    /// HTTP/1.1 response, bytes as written).
+    pub async fn answering(response: &'static str) -> Self {
+        Self::start(move |mut connection| async move {
+            while connection.read_request().await.is_some() {
+                if !connection.write(response).await {
+                    break;
+                }
+            }
+        })
+        .await
+    }
+
+    /// `http://127.0.0.1:port{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Writes `request` (raw bytes) to the proxy port on a fresh connection and reads until the
+/// proxy closes it or `limit` passes: what the application's socket saw, and whether the read
+/// ended in an error (a reset) rather than a clean close.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], limit: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut seen = Vec::new();
+    let mut failed = false;
+    let _ = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    (String::from_utf8_lossy(&seen).into_owned(), failed)
+}
+
+/// A plain-HTTP delivery whose body may fail: the status, headers, and the body or the error
+/// the application's client saw while reading it (20 s at most).
+pub async fn deliver_streamed(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &'static str,
+) -> (StatusCode, HeaderMap, Result<Bytes, String>) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = format!("http://{addr}/").parse().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let response = client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|collected| collected.to_bytes())
+            .map_err(|err| err.to_string());
+        (parts.status, parts.headers, body)
+    })
+    .await
+    .expect("the delivery ended within 20 s")
+}
+
+impl TestServer {
+    /// The value of one sample of the admin port's `/metrics` (`name{labels}` as printed), 0
+    /// when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.admin_get("/metrics").await.text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' '))
+            .map(|value| value.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
