@@ -11,7 +11,6 @@ use prometheus::{
 
 use crate::egress::DenyReason;
 use crate::outcome::Outcome;
-use crate::upstream::breaker::CircuitState;
 
 /// How an exchange that reached for the upstream can end: the `outcome` label of
 /// `hooksign_upstream_duration_seconds`.
@@ -32,6 +31,26 @@ const UPSTREAM_OUTCOMES: [Outcome; 10] = [
 const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// A circuit's state: the `state` label of `hooksign_circuit_transitions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl CircuitState {
+    pub const ALL: [CircuitState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
 
 /// Which bulkhead refused a delivery with 503 `upstream_saturated` (`limit` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

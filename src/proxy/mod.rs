@@ -5,6 +5,12 @@
 //! while the pre-keyed HMAC is updated chunk by chunk (the chunks are kept, not copied), then one
 //! pooled upstream request. Every refusal is a JSON error with `X-Hooksign-Error: <code>` so the
 //! application can tell hooksign's answer from its customer's.
+//!
+//! Against hostile customers: ambiguous requests are refused before the endpoint is looked at,
+//! each endpoint's deliveries in flight are capped (`Busy`), the origin's circuit breaker is
+//! asked before sending and told how the header phase went, and the response body streams back
+//! under its deadlines ([`response`]). [`conn`] gives the HTTP layer's own refusals the same
+//! envelope.
 
 mod conn;
 mod headers;

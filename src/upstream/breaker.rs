@@ -11,25 +11,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-/// A circuit's state: the `state` label of `hooksign_circuit_transitions_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CircuitState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl CircuitState {
-    pub const ALL: [CircuitState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
-
-    pub fn as_label(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
-    }
-}
+pub use crate::metrics::CircuitState;
 
 /// What the breaker says about one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
