@@ -43,6 +43,7 @@ fn bench(c: &mut Criterion) {
         ],
         allow_ports: vec![443],
         ca_file: None,
+        proxy: None,
     };
     let policy = EgressPolicy::new(&config, Arc::new(SystemResolver));
     c.bench_function("policy verdict 8 addresses, 2 cidrs", |b| {

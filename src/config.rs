@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::HeaderName;
 use ipnet::IpNet;
 use serde::Deserialize;
+use url::Url;
 use uuid::Uuid;
 
 use crate::secret::Secret;
@@ -167,6 +168,36 @@ pub struct EgressConfig {
     pub allow_ports: Vec<u16>,
     /// Extra PEM roots trusted beside the platform's.
     pub ca_file: Option<PathBuf>,
+    /// `proxy`, `proxy_credentials_file`, `no_proxy`: an HTTP CONNECT forward proxy every
+    /// connection goes through (but those `no_proxy` names).
+    pub proxy: Option<ForwardProxyConfig>,
+}
+
+/// `[egress] proxy`: the forward proxy, its credentials and the destinations that go direct.
+#[derive(Clone, Debug)]
+pub struct ForwardProxyConfig {
+    pub host: String,
+    pub port: u16,
+    /// From `proxy_credentials_file` (`user:password`, one line): basic auth for the proxy.
+    pub credentials: Option<ProxyCredentials>,
+    pub no_proxy: Vec<NoProxy>,
+}
+
+/// A forward proxy's basic-auth credentials. The password never reaches `Debug`.
+#[derive(Clone, Debug)]
+pub struct ProxyCredentials {
+    pub user: String,
+    pub password: Secret,
+}
+
+/// One `no_proxy` entry: a destination that is dialled directly, not through the proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoProxy {
+    /// A name: the host itself and every name under it (`example.com` covers
+    /// `hooks.example.com`; a leading `.` or `*.` is the same).
+    Domain(String),
+    /// An address or CIDR block the checked address falls in.
+    Net(IpNet),
 }
 
 /// `[events]`.
@@ -434,6 +465,9 @@ struct RawEgress {
     allow_cidrs: Vec<String>,
     allow_ports: Vec<u16>,
     ca_file: Option<PathBuf>,
+    proxy: Option<String>,
+    proxy_credentials_file: Option<PathBuf>,
+    no_proxy: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -643,12 +677,21 @@ impl RawConfig {
                 );
             }
         }
+        let forward = forward_proxy(
+            self.egress.proxy.as_deref(),
+            self.egress
+                .proxy_credentials_file
+                .map(|file| base.join(file)),
+            &self.egress.no_proxy,
+            &mut problem,
+        );
         let egress = EgressConfig {
             allow_http: self.egress.allow_http,
             allow_private: self.egress.allow_private,
             allow_cidrs,
             allow_ports: self.egress.allow_ports,
             ca_file,
+            proxy: forward,
         };
 
         for (i, name) in self.events.catalog.iter().enumerate() {
@@ -861,6 +904,116 @@ fn duration(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> Du
             Duration::from_secs(1)
         }
     }
+}
+
+/// `[egress] proxy` (`http://host:port`), its credentials file and `no_proxy`, validated.
+fn forward_proxy(
+    url: Option<&str>,
+    credentials_file: Option<PathBuf>,
+    no_proxy: &[String],
+    problem: &mut impl FnMut(&str, String),
+) -> Option<ForwardProxyConfig> {
+    let Some(url) = url else {
+        if credentials_file.is_some() || !no_proxy.is_empty() {
+            problem(
+                "egress.proxy",
+                "proxy_credentials_file and no_proxy need a proxy".into(),
+            );
+        }
+        return None;
+    };
+    let parsed = match Url::parse(url) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            problem(
+                "egress.proxy",
+                format!("not a URL such as \"http://proxy.internal:3128\" ({err})"),
+            );
+            return None;
+        }
+    };
+    if parsed.scheme() != "http" {
+        problem(
+            "egress.proxy",
+            "only an http:// proxy is supported (TLS to the customer runs inside its tunnel)"
+                .into(),
+        );
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        problem(
+            "egress.proxy",
+            "credentials belong in proxy_credentials_file, not in the URL".into(),
+        );
+    }
+    if parsed.path() != "/" || parsed.query().is_some() {
+        problem("egress.proxy", "the proxy URL has no path or query".into());
+    }
+    let host = match parsed.host() {
+        Some(url::Host::Domain(name)) => name.to_owned(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => {
+            problem("egress.proxy", "the proxy URL has no host".into());
+            return None;
+        }
+    };
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let credentials = credentials_file.and_then(|file| {
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => Secret::new(text),
+            Err(err) => {
+                problem(
+                    "egress.proxy_credentials_file",
+                    format!("{}: {err}", file.display()),
+                );
+                return None;
+            }
+        };
+        match text.expose().trim_end_matches(['\r', '\n']).split_once(':') {
+            Some((user, password))
+                if !user.is_empty() && !password.is_empty() && !password.contains('\n') =>
+            {
+                Some(ProxyCredentials {
+                    user: user.to_owned(),
+                    password: Secret::new(password),
+                })
+            }
+            // Never quote the file: it holds a password.
+            _ => {
+                problem(
+                    "egress.proxy_credentials_file",
+                    format!("{} must hold one line, user:password", file.display()),
+                );
+                None
+            }
+        }
+    });
+    let mut rules = Vec::with_capacity(no_proxy.len());
+    for (i, entry) in no_proxy.iter().enumerate() {
+        let entry = entry.trim();
+        if let Some(net) = parse_cidr(entry) {
+            rules.push(NoProxy::Net(net));
+            continue;
+        }
+        let name = entry
+            .trim_start_matches("*.")
+            .trim_start_matches('.')
+            .to_ascii_lowercase();
+        if name.is_empty() || url::Host::parse(&name).is_err() {
+            problem(
+                &format!("egress.no_proxy[{i}]"),
+                format!("{entry:?} is not a host name, address or CIDR block"),
+            );
+            continue;
+        }
+        rules.push(NoProxy::Domain(name));
+    }
+    Some(ForwardProxyConfig {
+        host,
+        port,
+        credentials,
+        no_proxy: rules,
+    })
 }
 
 fn parse_cidr(text: &str) -> Option<IpNet> {

@@ -60,11 +60,17 @@ pub enum Outcome {
     RequestHeadTooLarge,
     /// A request target hyper refused as too long: its own 414.
     UriTooLong,
+    /// `[egress] proxy` could not be reached, or did not answer in time.
+    ProxyUnreachable,
+    /// `[egress] proxy` answered 407: its credentials are missing or wrong.
+    ProxyAuthRequired,
+    /// `[egress] proxy` refused the tunnel to the checked address.
+    ProxyRefused,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 29] = [
+    pub const ALL: [Outcome; 32] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -94,6 +100,9 @@ impl Outcome {
         Self::MalformedRequest,
         Self::RequestHeadTooLarge,
         Self::UriTooLong,
+        Self::ProxyUnreachable,
+        Self::ProxyAuthRequired,
+        Self::ProxyRefused,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -128,6 +137,9 @@ impl Outcome {
             Self::MalformedRequest => "malformed_request",
             Self::RequestHeadTooLarge => "request_head_too_large",
             Self::UriTooLong => "uri_too_long",
+            Self::ProxyUnreachable => "proxy_unreachable",
+            Self::ProxyAuthRequired => "proxy_auth_required",
+            Self::ProxyRefused => "proxy_refused",
         }
     }
 
@@ -160,6 +172,9 @@ impl Outcome {
             Self::MalformedRequest => StatusCode::BAD_REQUEST,
             Self::RequestHeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::ProxyUnreachable | Self::ProxyAuthRequired | Self::ProxyRefused => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -209,6 +224,11 @@ impl Outcome {
             Self::MalformedRequest => "the request head is not valid HTTP/1.1",
             Self::RequestHeadTooLarge => "the request head is larger than 64 KiB",
             Self::UriTooLong => "the request target is too long",
+            Self::ProxyUnreachable => "the egress forward proxy could not be reached",
+            Self::ProxyAuthRequired => {
+                "the egress forward proxy refused hooksign's credentials (407)"
+            }
+            Self::ProxyRefused => "the egress forward proxy refused the tunnel",
         }
     }
 

@@ -81,6 +81,7 @@ fn egress_config() -> EgressConfig {
         allow_cidrs: Vec::new(),
         allow_ports: Vec::new(),
         ca_file: None,
+        proxy: None,
     }
 }
 

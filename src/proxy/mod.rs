@@ -44,6 +44,7 @@ pub use headers::strip_hop_by_hop;
 use response::Busy;
 pub use response::GuardedBody;
 
+use crate::egress::forward::TunnelFailure;
 use crate::egress::{self, DenyReason};
 use crate::error_chain::error_chain;
 use crate::metrics::{Bulkhead, InFlight};
@@ -583,10 +584,18 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|text| text.trim().parse().ok())
 }
 
-/// A TLS failure anywhere in the cause chain (or a stalled handshake) is `upstream_tls`; a
+/// A forward proxy's failure is `proxy_unreachable`, `proxy_auth_required` or `proxy_refused`;
+/// a TLS failure anywhere in the cause chain (or a stalled handshake) is `upstream_tls`; a
 /// response hyper could not parse (an oversized or malformed head, contradictory lengths) is
 /// `upstream_protocol`; anything else reaching the upstream is `upstream_unreachable`.
 fn classify_upstream_error(err: &(dyn std::error::Error + 'static)) -> Outcome {
+    if let Some(failure) = egress::tunnel_failure_in(err) {
+        return match failure {
+            TunnelFailure::Unreachable => Outcome::ProxyUnreachable,
+            TunnelFailure::AuthRequired => Outcome::ProxyAuthRequired,
+            TunnelFailure::Refused => Outcome::ProxyRefused,
+        };
+    }
     let stalled_tls = err
         .downcast_ref::<UpstreamError>()
         .is_some_and(|err| matches!(err, UpstreamError::TlsTimeout(_)));

@@ -88,11 +88,14 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// Whether the failure says the origin is unwell (it counts toward its circuit breaker):
-    /// it could not be reached, or its TLS handshake failed or stalled. An egress denial or a
-    /// full pool says nothing about the origin.
+    /// it could not be reached, or its TLS handshake failed or stalled. An egress denial, a
+    /// forward proxy's failure or a full pool says nothing about the origin.
     pub fn trips_breaker(&self) -> bool {
         match self {
-            Self::Connect(err) => crate::egress::denial_in(err.as_ref()).is_none(),
+            Self::Connect(err) => {
+                crate::egress::denial_in(err.as_ref()).is_none()
+                    && crate::egress::tunnel_failure_in(err.as_ref()).is_none()
+            }
             Self::Tls(_) | Self::TlsTimeout(_) | Self::Handshake(_) => true,
             Self::Request(_) | Self::Saturated => false,
         }
@@ -866,6 +869,7 @@ mod tests {
                         allow_cidrs: Vec::new(),
                         allow_ports: Vec::new(),
                         ca_file: None,
+                        proxy: None,
                     },
                     Arc::new(crate::egress::SystemResolver),
                 )),

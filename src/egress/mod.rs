@@ -16,6 +16,10 @@
 //!   judged by the IPv4 address they embed; Teredo (`2001::/32`) and local-use NAT64
 //!   (`64:ff9b:1::/48`) are denied outright.
 //! - [`EgressDenied`] never names a resolved address, only the host it was given.
+//! - With `[egress] proxy` set, the checked address is what the tunnel is asked for
+//!   ([`forward`]): a destination the guard refuses never reaches the proxy.
+
+pub mod forward;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -34,6 +38,7 @@ use tokio::net::TcpStream;
 use url::{Host, Url};
 
 use crate::config::EgressConfig;
+use forward::{ForwardProxy, TunnelError, TunnelFailure};
 
 /// How long a name may take to resolve before the destination is refused.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,6 +130,8 @@ pub struct EgressPolicy {
     allow_ports: Vec<u16>,
     resolver: Arc<dyn Resolve>,
     resolve_timeout: Duration,
+    /// `[egress] proxy`: checked addresses are reached through its tunnels.
+    forward: Option<ForwardProxy>,
 }
 
 /// A hyper-util connector that resolves, classifies and dials the checked address. hyper-rustls's
@@ -156,6 +163,13 @@ pub enum ConnectError {
         port: u16,
         timeout: Duration,
     },
+    #[error("connecting to {host}:{port} through the forward proxy")]
+    Tunnel {
+        host: String,
+        port: u16,
+        #[source]
+        source: TunnelError,
+    },
 }
 
 /// The [`EgressDenied`] anywhere in an error's cause chain (hyper and hyper-rustls wrap the
@@ -170,6 +184,14 @@ pub fn denial_in<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a EgressDeni
         }
     }
     err.source().and_then(denial_in)
+}
+
+/// The forward proxy's failure anywhere in `err`'s cause chain.
+pub fn tunnel_failure_in(err: &(dyn StdError + 'static)) -> Option<TunnelFailure> {
+    if let Some(tunnel) = err.downcast_ref::<TunnelError>() {
+        return Some(tunnel.failure());
+    }
+    err.source().and_then(tunnel_failure_in)
 }
 
 /// Classifies one address by the table alone (no policy): `Allow` only for public unicast.
@@ -301,6 +323,7 @@ impl EgressPolicy {
             allow_ports: config.allow_ports.clone(),
             resolver,
             resolve_timeout: RESOLVE_TIMEOUT,
+            forward: config.proxy.as_ref().map(ForwardProxy::new),
         }
     }
 
@@ -445,6 +468,23 @@ impl EgressPolicy {
 
         let mut last = None;
         for addr in addrs {
+            if let Some(forward) = self
+                .forward
+                .as_ref()
+                .filter(|forward| !forward.goes_direct(&host, addr.ip()))
+            {
+                match forward.tunnel(addr, connect_timeout).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(source) => {
+                        last = Some(ConnectError::Tunnel {
+                            host: text.to_owned(),
+                            port,
+                            source,
+                        });
+                        continue;
+                    }
+                }
+            }
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     if let Err(err) = stream.set_nodelay(true) {
@@ -717,6 +757,7 @@ mod tests {
             allow_cidrs: Vec::new(),
             allow_ports: Vec::new(),
             ca_file: None,
+            proxy: None,
         };
         edit(&mut config);
         EgressPolicy::system(&config)
