@@ -1117,3 +1117,12 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 }
+
+/// A loopback port that was free a moment ago (for servers started as processes).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
