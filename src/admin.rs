@@ -8,6 +8,7 @@
 //! (`/api/v1/webhooks/{uuid}`), never the raw path, and `unmatched` for paths no route knows.
 
 mod auth;
+mod client_certificate;
 mod error;
 mod idempotent;
 pub mod webhooks;
@@ -20,7 +21,7 @@ use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,8 @@ use crate::state::AppState;
         webhooks::regenerate_secret,
         webhooks::test,
         webhooks::events,
+        client_certificate::set,
+        client_certificate::remove,
     ),
     modifiers(&BearerAuth),
     tags((name = "webhooks", description = "Webhook endpoints"))
@@ -107,6 +110,10 @@ pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
             post(webhooks::regenerate_secret),
         )
         .route("/api/v1/webhooks/{uuid}/test", post(webhooks::test))
+        .route(
+            "/api/v1/webhooks/{uuid}/client-certificate",
+            put(client_certificate::set).delete(client_certificate::remove),
+        )
         .route("/api/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -224,6 +231,19 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    // The soonest client certificate expiry, read from the snapshot at scrape time (one pass
+    // over the endpoints every scrape, nothing on the delivery path).
+    let soonest = state
+        .store
+        .snapshot()
+        .endpoints()
+        .filter_map(|endpoint| endpoint.client_certificate.as_ref())
+        .map(|cert| cert.not_after.unix_timestamp())
+        .min();
+    state
+        .metrics
+        .client_certificate_expiry
+        .set(soonest.unwrap_or(0));
     match state.metrics.render() {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(err) => {

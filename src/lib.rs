@@ -7,6 +7,7 @@
 //! Crate map:
 //! - [`config`]: the TOML configuration, parsed into validated types.
 //! - [`secret`]: [`secret::Secret`], the redacted, zeroized home of every key.
+//! - [`client_cert`]: an endpoint's client certificate chain and key (mutual TLS), checked.
 //! - [`signing`]: signature schemes, keyed once per snapshot.
 //! - [`store`]: endpoints and secrets as one `ArcSwap<Snapshot>`, loaded from a backend.
 //! - [`proxy`]: the delivery path (hyper server in, signed request out through [`upstream`]).
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod client_cert;
 pub mod config;
 pub mod egress;
 pub mod error_chain;

@@ -115,6 +115,9 @@ pub struct Metrics {
     pub reload: ReloadMetrics,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
+    /// `hooksign_client_certificate_expiry_timestamp_seconds`: the soonest `notAfter` of the
+    /// endpoints' client certificates (0 when none has one), set at each scrape.
+    pub client_certificate_expiry: IntGauge,
     pub egress_blocked: IntCounterVec,
     /// `egress_blocked`, resolved per reason (indexed by discriminant).
     egress_blocked_by_reason: Vec<IntCounter>,
@@ -230,6 +233,10 @@ impl Metrics {
         )?;
         let secret_rotations =
             IntCounter::new("hooksign_secret_rotations_total", "Secrets regenerated")?;
+        let client_certificate_expiry = IntGauge::new(
+            "hooksign_client_certificate_expiry_timestamp_seconds",
+            "The soonest expiry (notAfter, Unix seconds) of the endpoints' client certificates; 0 when none has one",
+        )?;
         let egress_blocked = IntCounterVec::new(
             Opts::new(
                 "hooksign_egress_blocked_total",
@@ -274,6 +281,7 @@ impl Metrics {
         registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
+        registry.register(Box::new(client_certificate_expiry.clone()))?;
         registry.register(Box::new(egress_blocked.clone()))?;
         registry.register(Box::new(admin_requests.clone()))?;
         registry.register(Box::new(backend_up.clone()))?;
@@ -299,6 +307,7 @@ impl Metrics {
             },
             store_endpoints,
             secret_rotations,
+            client_certificate_expiry,
             egress_blocked,
             egress_blocked_by_reason,
             admin_requests,

@@ -109,6 +109,21 @@ pub struct WebhookView {
     /// While an overlap window is open: when the previous secret stops signing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<String>,
+    /// The client certificate deliveries present (mutual TLS), when set; its key is never shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<ClientCertificateView>,
+}
+
+/// What the API shows of a client certificate.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateView {
+    /// The leaf certificate's subject (RFC 4514).
+    pub subject: String,
+    /// SHA-256 of the leaf certificate (DER), lowercase hex.
+    pub fingerprint_sha256: String,
+    /// The leaf's `notAfter` (RFC 3339).
+    pub not_after: String,
 }
 
 /// `{"data": [...]}`.
@@ -183,6 +198,13 @@ impl WebhookView {
             previous_secret_expires_at: endpoint
                 .overlap_expires_at(SystemTime::now())
                 .map(store::format_time),
+            client_certificate: endpoint.client_certificate.as_ref().map(|cert| {
+                ClientCertificateView {
+                    subject: cert.subject.clone(),
+                    fingerprint_sha256: cert.fingerprint_hex(),
+                    not_after: store::format_time(cert.not_after),
+                }
+            }),
         }
     }
 }
@@ -245,6 +267,8 @@ pub async fn create(
         last_delivery_at: None,
         last_delivery_status: None,
         consecutive_failures: 0,
+        client_certificate: None,
+        client_private_key: None,
     };
     let company = caller.company;
     let written = state
@@ -607,13 +631,13 @@ fn masked(secret: &str) -> String {
 }
 
 /// An id that is not a uuid names no endpoint: 404, like an unknown one.
-fn parse_uuid(text: &str) -> Result<Uuid, AdminError> {
+pub(super) fn parse_uuid(text: &str) -> Result<Uuid, AdminError> {
     Uuid::try_parse(text).map_err(|_| AdminError::NotFound)
 }
 
 /// The view of endpoint `uuid` of `company` in `snapshot` (the one a write swapped in, so an
 /// answer shows exactly the state the write made).
-fn view_in(
+pub(super) fn view_in(
     snapshot: &Snapshot,
     uuid: Uuid,
     company: Uuid,
@@ -632,7 +656,7 @@ fn revealed(snapshot: &Snapshot, uuid: Uuid, company: Uuid) -> Option<WebhookVie
 }
 
 /// The stored record of endpoint `uuid` of `company`, to edit.
-fn find_record(
+pub(super) fn find_record(
     snapshot: &Snapshot,
     uuid: Uuid,
     company: Uuid,

@@ -839,6 +839,8 @@ mod tests {
             last_delivery_at: Some("2026-02-18T11:00:00Z".into()),
             last_delivery_status: Some("failed".into()),
             consecutive_failures: 3,
+            client_certificate: None,
+            client_private_key: None,
         }
     }
 

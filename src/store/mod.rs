@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 use uuid::Uuid;
 
+use crate::client_cert::ClientCertificate;
 use crate::secret::{RandomError, Secret};
 use crate::signing::{EndpointSigner, Scheme, UnknownScheme};
 use idempotency::{IdempotencyKey, IdempotencyLog, Recorded};
@@ -481,6 +482,13 @@ pub struct EndpointRecord {
     pub last_delivery_status: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub consecutive_failures: u64,
+    /// The client certificate chain presented to the customer (mutual TLS; PEM, leaf first),
+    /// with `client_private_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<String>,
+    /// The client certificate's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_private_key: Option<Secret>,
 }
 
 impl EndpointRecord {
@@ -542,6 +550,8 @@ pub struct Endpoint {
     /// upstream origin there, so later deliveries look nothing up). The store does not know
     /// what it holds; it lives as long as this endpoint is carried from snapshot to snapshot.
     pub route: OnceLock<Arc<dyn Any + Send + Sync>>,
+    /// The client certificate deliveries present (mutual TLS), checked.
+    pub client_certificate: Option<Arc<ClientCertificate>>,
 }
 
 impl Endpoint {
@@ -629,6 +639,25 @@ impl Endpoint {
                 ))
             }
         };
+        let client_certificate = match (&record.client_certificate, &record.client_private_key) {
+            (None, None) => None,
+            (Some(chain), Some(key)) => Some(Arc::new(
+                ClientCertificate::parse(chain, key)
+                    .map_err(|err| ("client_certificate", err.to_string()))?,
+            )),
+            (Some(_), None) => {
+                return Err((
+                    "client_private_key",
+                    "is required with client_certificate".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "client_certificate",
+                    "is missing, but client_private_key is set".into(),
+                ))
+            }
+        };
         let stats = stats.unwrap_or_else(|| {
             Arc::new(DeliveryStats::restore(
                 record.deliveries_count,
@@ -664,6 +693,7 @@ impl Endpoint {
             updated_at,
             stats,
             route: OnceLock::new(),
+            client_certificate,
         })
     }
 
@@ -699,6 +729,14 @@ impl Endpoint {
             last_delivery_at: stats.last_at.map(format_time),
             last_delivery_status: stats.last_outcome.map(|o| o.as_str().to_owned()),
             consecutive_failures: stats.consecutive_failures,
+            client_certificate: self
+                .client_certificate
+                .as_ref()
+                .map(|cert| cert.certificate_pem.clone()),
+            client_private_key: self
+                .client_certificate
+                .as_ref()
+                .map(|cert| cert.private_key_pem.clone()),
         }
     }
 
@@ -854,6 +892,8 @@ mod tests {
             last_delivery_at: None,
             last_delivery_status: None,
             consecutive_failures: 0,
+            client_certificate: None,
+            client_private_key: None,
         }
     }
 

@@ -49,6 +49,7 @@ use tower_service::Service;
 
 use super::body::ChunkBody;
 use super::breaker::{Admission, Breaker, BreakerPolicy, CircuitState};
+use crate::client_cert::ClientCertificate;
 use crate::config::ProxyConfig;
 use crate::egress::GuardedConnector;
 use crate::store::Endpoint;
@@ -131,14 +132,22 @@ impl PoolLimits {
 /// The pooled upstream client every delivery goes through.
 pub struct Upstream {
     connector: GuardedConnector,
+    /// The TLS client configuration (roots, ALPN, session cache) every connector is made from.
+    tls_config: Arc<rustls::ClientConfig>,
+    /// The connector of origins without a client certificate.
     tls: TlsConnector,
     shared: Arc<Shared>,
-    /// Every origin, by scheme, lowercase host and port (the default port spelled out or not is
-    /// one origin), for [`Upstream::origin`] and the idle-connection reaper. The pool owns its
-    /// origins: an origin lives while an endpoint's slot holds it or it has a connection open,
-    /// so no store change (which replaces endpoints) closes a pooled connection.
-    origins: Mutex<HashMap<(Scheme, String, u16), Arc<Origin>>>,
+    /// Every origin, by scheme, lowercase host, port (the default port spelled out or not is
+    /// one origin) and the fingerprint of the client certificate its connections present, for
+    /// [`Upstream::origin`] and the idle-connection reaper. The pool owns its origins: an
+    /// origin lives while an endpoint's slot holds it or it has a connection open, so no store
+    /// change (which replaces endpoints) closes a pooled connection.
+    origins: Mutex<HashMap<OriginKey, Arc<Origin>>>,
 }
+
+/// Connections are shared by endpoints with the same scheme, host, port and client certificate
+/// (a connection that presented one identity never carries another's deliveries).
+type OriginKey = (Scheme, String, u16, Option<[u8; 32]>);
 
 /// What every origin of one pool shares.
 struct Shared {
@@ -160,6 +169,8 @@ pub struct Origin {
     host: HeaderValue,
     /// The TLS server name (the host without IPv6 brackets); `None` when it is not valid.
     server_name: Option<ServerName<'static>>,
+    /// The connector presenting this origin's client certificate; `None`: the pool's own.
+    client_tls: Option<TlsConnector>,
     idle: Box<[Slot]>,
     /// Open connections (busy or idle, HTTP/2 counted once), for `max_connections_per_origin`.
     open: AtomicUsize,
@@ -223,6 +234,7 @@ impl Upstream {
         limits: PoolLimits,
     ) -> Self {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let tls_config = Arc::new(tls);
         let breaker = BreakerPolicy {
             failures: limits.breaker_failures,
             cooldown: limits.breaker_cooldown,
@@ -230,7 +242,8 @@ impl Upstream {
         };
         Self {
             connector,
-            tls: TlsConnector::from(Arc::new(tls)),
+            tls: TlsConnector::from(Arc::clone(&tls_config)),
+            tls_config,
             shared: Arc::new(Shared {
                 limits,
                 breaker,
@@ -241,23 +254,39 @@ impl Upstream {
         }
     }
 
-    /// The origin of `target` (an absolute `http`/`https` URL), shared by every endpoint with
-    /// the same scheme, host and port. Takes the registry's lock: called once per endpoint and
-    /// snapshot (see [`Upstream::origin_of`]), never per request.
-    pub fn origin(&self, target: &Uri) -> Arc<Origin> {
+    /// The origin of `target` (an absolute `http`/`https` URL) whose connections present
+    /// `identity`, shared by every endpoint with the same scheme, host, port and client
+    /// certificate. Takes the registry's lock: called once per endpoint and snapshot (see
+    /// [`Upstream::origin_of`]), never per request.
+    pub fn origin(&self, target: &Uri, identity: Option<&ClientCertificate>) -> Arc<Origin> {
         let scheme = target.scheme().cloned().unwrap_or(Scheme::HTTPS);
         let authority = target
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("localhost"));
         let port = authority.port_u16().unwrap_or(default_port(&scheme));
-        let key = (scheme.clone(), authority.host().to_ascii_lowercase(), port);
+        let key = (
+            scheme.clone(),
+            authority.host().to_ascii_lowercase(),
+            port,
+            identity.map(|identity| identity.fingerprint),
+        );
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(
-            origins.entry(key).or_insert_with(|| {
-                Arc::new(Origin::new(scheme, authority, Arc::clone(&self.shared)))
-            }),
-        )
+        Arc::clone(origins.entry(key).or_insert_with(|| {
+            let mut origin = Origin::new(scheme, authority, Arc::clone(&self.shared));
+            origin.client_tls = identity.map(|identity| self.presenting(identity));
+            Arc::new(origin)
+        }))
+    }
+
+    /// A connector like the pool's own (same roots, ALPN and session cache) that presents
+    /// `identity` when the server asks for a client certificate.
+    fn presenting(&self, identity: &ClientCertificate) -> TlsConnector {
+        let mut config = (*self.tls_config).clone();
+        config.client_auth_cert_resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
+            Arc::clone(&identity.certified),
+        ));
+        TlsConnector::from(Arc::new(config))
     }
 
     /// The origin of `endpoint`'s URL, kept in the endpoint's slot on its first delivery: the
@@ -266,12 +295,16 @@ impl Upstream {
     pub fn origin_of(&self, endpoint: &Endpoint) -> Arc<Origin> {
         let slot = endpoint
             .route
-            .get_or_init(|| self.origin(&endpoint.target) as Arc<dyn Any + Send + Sync>);
+            .get_or_init(|| self.origin_of_record(endpoint) as Arc<dyn Any + Send + Sync>);
         match Arc::clone(slot).downcast::<Origin>() {
             Ok(origin) => origin,
             // Only this function fills the slot, always with an `Origin`.
-            Err(_) => self.origin(&endpoint.target),
+            Err(_) => self.origin_of_record(endpoint),
         }
+    }
+
+    fn origin_of_record(&self, endpoint: &Endpoint) -> Arc<Origin> {
+        self.origin(&endpoint.target, endpoint.client_certificate.as_deref())
     }
 
     /// Sends `request` (whose URI is the absolute target) to `origin`: on the shared HTTP/2
@@ -384,7 +417,8 @@ impl Upstream {
             ))
         })?;
         let timeout = self.shared.limits.tls_handshake_timeout;
-        let tls = tokio::time::timeout(timeout, self.tls.connect(name, tcp))
+        let connector = origin.client_tls.as_ref().unwrap_or(&self.tls);
+        let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| UpstreamError::TlsTimeout(timeout))?
             .map_err(UpstreamError::Tls)?;
@@ -459,6 +493,7 @@ impl Origin {
             connect_to,
             host,
             server_name,
+            client_tls: None,
             idle,
             open: AtomicUsize::new(0),
             shared_h2: ArcSwapOption::empty(),
@@ -884,11 +919,11 @@ mod tests {
             .with_no_client_auth(),
             limits(),
         );
-        let a = pool.origin(&"https://example.com/a".parse().unwrap());
-        let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap());
-        let c = pool.origin(&"https://example.com:8443/a".parse().unwrap());
-        let d = pool.origin(&"http://example.com/a".parse().unwrap());
-        let e = pool.origin(&"https://EXAMPLE.com/e".parse().unwrap());
+        let a = pool.origin(&"https://example.com/a".parse().unwrap(), None);
+        let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap(), None);
+        let c = pool.origin(&"https://example.com:8443/a".parse().unwrap(), None);
+        let d = pool.origin(&"http://example.com/a".parse().unwrap(), None);
+        let e = pool.origin(&"https://EXAMPLE.com/e".parse().unwrap(), None);
         assert!(Arc::ptr_eq(&a, &b), "the default port is the same origin");
         assert!(Arc::ptr_eq(&a, &e), "host names are not case-sensitive");
         assert!(!Arc::ptr_eq(&a, &c));
