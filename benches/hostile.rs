@@ -136,8 +136,9 @@ async fn stalled_neighbour(count: usize) {
             while !stop.load(Ordering::Relaxed) {
                 let reply = server.deliver(&headers, "{}").await;
                 if reply.status == StatusCode::SERVICE_UNAVAILABLE {
+                    // As an application should: wait the `Retry-After` (1 s) it was given.
                     refused.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
         }));
