@@ -44,6 +44,7 @@ use crate::state::AppState;
         webhooks::update,
         webhooks::delete,
         webhooks::regenerate_secret,
+        webhooks::revoke_previous,
         webhooks::test,
         webhooks::events,
     ),
@@ -105,6 +106,10 @@ pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
         .route(
             "/api/v1/webhooks/{uuid}/regenerate-secret",
             post(webhooks::regenerate_secret),
+        )
+        .route(
+            "/api/v1/webhooks/{uuid}/revoke-previous",
+            post(webhooks::revoke_previous),
         )
         .route("/api/v1/webhooks/{uuid}/test", post(webhooks::test))
         .route("/api/v1/openapi.json", get(openapi))

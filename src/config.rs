@@ -68,6 +68,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub rate_limit_per_minute: u32,
     pub tokens: Vec<AdminToken>,
+    /// `[admin] audit_log`: the hash-chained audit log of admin writes, resolved against the
+    /// config file's directory (none: no audit log).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One `[[admin.tokens]]` grant. Only the SHA-256 of the bearer token is held.
@@ -102,6 +105,11 @@ pub struct StoreConfig {
     /// The store file, resolved against the config file's directory.
     pub path: PathBuf,
     pub etcd: EtcdConfig,
+    /// `[store] keyring`: the keyring file that encrypts secrets at rest, resolved against the
+    /// config file's directory (none: secrets are stored in plaintext).
+    pub keyring: Option<PathBuf>,
+    /// `[store] require_encryption`: refuse to read a plaintext secret (needs a keyring).
+    pub require_encryption: bool,
 }
 
 /// `[store] backend`.
@@ -316,6 +324,7 @@ struct RawAdmin {
     listen: String,
     rate_limit_per_minute: u32,
     tokens: Vec<RawToken>,
+    audit_log: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -324,6 +333,7 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:9090".into(),
             rate_limit_per_minute: 120,
             tokens: Vec::new(),
+            audit_log: None,
         }
     }
 }
@@ -348,6 +358,8 @@ struct RawStore {
     backend: String,
     path: PathBuf,
     etcd: RawEtcd,
+    keyring: Option<PathBuf>,
+    require_encryption: bool,
 }
 
 impl Default for RawStore {
@@ -356,6 +368,8 @@ impl Default for RawStore {
             backend: "file".into(),
             path: PathBuf::from("webhooks.toml"),
             etcd: RawEtcd::default(),
+            keyring: None,
+            require_encryption: false,
         }
     }
 }
@@ -537,6 +551,7 @@ impl RawConfig {
             listen: socket_addr("admin.listen", &self.admin.listen, &mut problem),
             rate_limit_per_minute: self.admin.rate_limit_per_minute,
             tokens,
+            audit_log: self.admin.audit_log.as_ref().map(|p| base.join(p)),
         };
         if admin.rate_limit_per_minute == 0 {
             problem("admin.rate_limit_per_minute", "must be at least 1".into());
@@ -554,10 +569,18 @@ impl RawConfig {
             }
         };
         let etcd = validate_etcd(self.store.etcd, base, &mut problem);
+        if self.store.require_encryption && self.store.keyring.is_none() {
+            problem(
+                "store.require_encryption",
+                "needs [store] keyring (the keys to encrypt with)".into(),
+            );
+        }
         let store = StoreConfig {
             backend,
             path: base.join(&self.store.path),
             etcd,
+            keyring: self.store.keyring.as_ref().map(|p| base.join(p)),
+            require_encryption: self.store.require_encryption,
         };
 
         let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {

@@ -7,12 +7,14 @@
 //! Crate map:
 //! - [`config`]: the TOML configuration, parsed into validated types.
 //! - [`secret`]: [`secret::Secret`], the redacted, zeroized home of every key.
+//! - [`keyring`]: the named keys that encrypt secrets at rest.
 //! - [`signing`]: signature schemes, keyed once per snapshot.
 //! - [`store`]: endpoints and secrets as one `ArcSwap<Snapshot>`, loaded from a backend.
 //! - [`proxy`]: the delivery path (hyper server in, signed request out through [`upstream`]).
 //! - [`upstream`]: the pooled rustls client to customers.
 //! - [`egress`]: the SSRF guard: resolve, classify every address, dial the checked one.
 //! - [`admin`]: the operator port (probes, metrics).
+//! - [`audit`]: the hash-chained audit log of admin writes.
 //! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`outcome`]: how a delivery ended (metric label, status and error code).
@@ -23,10 +25,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod egress;
 pub mod error_chain;
+pub mod keyring;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
@@ -76,7 +80,13 @@ impl RunError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Build(BuildError::Store(_) | BuildError::Client(_))
+            Self::Config(_)
+                | Self::Build(
+                    BuildError::Store(_)
+                        | BuildError::Client(_)
+                        | BuildError::Keyring(_)
+                        | BuildError::Audit(_)
+                )
         )
     }
 }
@@ -235,6 +245,17 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
             tracing::warn!(error = %err, "live reload is off; send SIGHUP to reload the store");
         }
     }
+    if let Some(keyring) = &state.config.store.keyring {
+        if let Err(err) = store::watch::spawn_keyring(
+            state.store.clone(),
+            state.sealer.clone(),
+            state.metrics.reload.clone(),
+            keyring.clone(),
+            shutdown.clone(),
+        ) {
+            tracing::warn!(error = %err, "keyring live reload is off; send SIGHUP to reload it");
+        }
+    }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
 }
@@ -256,7 +277,18 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             received = hangups.recv() => if received.is_none() { return },
         }
         tracing::info!("SIGHUP received; reloading the store");
-        store::watch::reload_now(&state.store, &state.metrics.reload).await;
+        match &state.config.store.keyring {
+            Some(keyring) => {
+                store::watch::reload_keyring(
+                    &state.store,
+                    &state.sealer,
+                    &state.metrics.reload,
+                    keyring,
+                )
+                .await
+            }
+            None => store::watch::reload_now(&state.store, &state.metrics.reload).await,
+        }
     }
 }
 

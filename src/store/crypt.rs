@@ -1,0 +1,340 @@
+//! Secrets at rest: the [`Sealer`] every backend seals records with before they are stored and
+//! opens them with when they are read.
+//!
+//! With a keyring (`[store] keyring`), every secret-bearing field of a record (`secret`, each of
+//! `previous_secrets`, the legacy `previous_secret`; an Ed25519 endpoint's seed is its `secret`)
+//! and the response body an idempotency key recorded (it shows a secret) is stored as an
+//! `enc1:<key>:…` value ([`crate::keyring`]), encrypted under the primary key. The associated
+//! data binds the endpoint's uuid and the field's name (and a previous secret's expiry), so a
+//! ciphertext moved to another endpoint or field, or a window extended by hand, does not open;
+//! the error names the endpoint and the key, never a value.
+//!
+//! Records are opened once, when a snapshot is built; the delivery path only ever sees the
+//! keyed signers. Each endpoint keeps the sealed text it was read or written with
+//! ([`Sealed`]), so rewriting the store file re-encrypts only the endpoints that changed or whose
+//! text is not under the primary key.
+//!
+//! Without a keyring nothing is encrypted (and an `enc1:` value cannot be read). With
+//! `[store] require_encryption`, a plaintext secret is refused when read.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use super::idempotency::StoredIdempotency;
+use super::{Endpoint, EndpointRecord, StatsNow};
+use crate::keyring::{self, Keyring, OpenError, SealError};
+use crate::secret::Secret;
+
+/// How secrets are kept at rest: the keyring in service (reloaded in place) and the policy.
+#[derive(Clone, Debug, Default)]
+pub struct Sealer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keyring: ArcSwapOption<Keyring>,
+    require_encryption: bool,
+}
+
+/// An endpoint's secret fields as stored, all under one key (what rewriting it reuses).
+#[derive(Debug)]
+pub struct Sealed {
+    key: String,
+    secret: String,
+    previous: Vec<String>,
+}
+
+/// A record as read: the plaintext record and the sealed text it came from.
+pub struct Opened {
+    pub record: EndpointRecord,
+    pub sealed: Option<Arc<Sealed>>,
+}
+
+impl Sealer {
+    /// No keyring: records are stored and read in plaintext.
+    pub fn plaintext() -> Self {
+        Self::default()
+    }
+
+    /// Seals under `keyring` when there is one; `require_encryption` refuses plaintext reads.
+    pub fn new(keyring: Option<Keyring>, require_encryption: bool) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keyring: ArcSwapOption::from(keyring.map(Arc::new)),
+                require_encryption,
+            }),
+        }
+    }
+
+    /// The same keyring without the plaintext refusal (`hooksign store rekey` reads plaintext
+    /// records to encrypt them).
+    pub fn permissive(&self) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keyring: ArcSwapOption::from(self.keyring()),
+                require_encryption: false,
+            }),
+        }
+    }
+
+    /// The keyring in service.
+    pub fn keyring(&self) -> Option<Arc<Keyring>> {
+        self.inner.keyring.load_full()
+    }
+
+    /// Swaps in a reloaded keyring: later writes seal under its primary, reads open with its keys.
+    pub fn replace_keyring(&self, keyring: Keyring) {
+        self.inner.keyring.store(Some(Arc::new(keyring)));
+    }
+
+    /// The primary key's name (what writes are sealed under); `None` without a keyring.
+    pub fn primary(&self) -> Option<String> {
+        self.keyring().map(|k| k.primary().to_owned())
+    }
+
+    /// Whether plaintext secrets are refused.
+    pub fn requires_encryption(&self) -> bool {
+        self.inner.require_encryption
+    }
+
+    /// Opens a record as read: every sealed field decrypted (its associated data checked).
+    /// On failure the field at fault and why, naming the endpoint (never a value).
+    pub fn open_record(
+        &self,
+        mut record: EndpointRecord,
+    ) -> Result<Opened, (&'static str, String)> {
+        let keyring = self.keyring();
+        let uuid = record.uuid.clone();
+        let mut keys = Vec::new();
+        let mut texts = Vec::new();
+        let mut open = |field: &'static str, extra: &str, value: &mut Secret| {
+            let text = value.expose();
+            if !keyring::is_sealed(text) {
+                if self.inner.require_encryption {
+                    return Err((
+                        field,
+                        format!("(endpoint {uuid}) is stored in plaintext, and [store] require_encryption is on: run `hooksign store rekey`"),
+                    ));
+                }
+                keys.push(None);
+                return Ok(());
+            }
+            let ring = keyring
+                .as_ref()
+                .ok_or_else(|| (field, format!("(endpoint {uuid}) {}", OpenError::NoKeyring)))?;
+            let plain = ring
+                .open(text, &aad(&uuid, field, extra))
+                .map_err(|err| (field, format!("(endpoint {uuid}) {err}")))?;
+            let plain = std::str::from_utf8(&plain)
+                .map_err(|_| (field, format!("(endpoint {uuid}) does not decrypt to text")))?;
+            keys.push(keyring::key_name_of(text).map(str::to_owned));
+            texts.push(text.to_owned());
+            *value = Secret::new(plain);
+            Ok(())
+        };
+        open("secret", "", &mut record.secret)?;
+        let expiries = record.previous_secrets_expire_at.clone();
+        for (index, previous) in record.previous_secrets.iter_mut().enumerate() {
+            let expiry = expiries.get(index).map_or("", String::as_str);
+            open("previous_secrets", expiry, previous)?;
+        }
+        let legacy = record.previous_secret.is_some();
+        if let Some(previous) = record.previous_secret.as_mut() {
+            open("previous_secret", "", previous)?;
+        }
+        let first = keys.first().cloned().flatten();
+        let uniform = !legacy && first.is_some() && keys.iter().all(|k| *k == first);
+        let sealed = match (uniform, first) {
+            (true, Some(key)) => {
+                let secret = texts.remove(0);
+                Some(Arc::new(Sealed {
+                    key,
+                    secret,
+                    previous: texts,
+                }))
+            }
+            _ => None,
+        };
+        Ok(Opened { record, sealed })
+    }
+
+    /// The record as it is stored: every secret field sealed under the primary key (as it is,
+    /// without a keyring).
+    pub fn seal_record(&self, record: &EndpointRecord) -> Result<EndpointRecord, SealError> {
+        let Some(ring) = self.keyring() else {
+            return Ok(record.clone());
+        };
+        let mut sealed = record.clone();
+        let sealed_fields = seal_fields(&ring, record)?;
+        sealed.secret = Secret::new(sealed_fields.secret);
+        sealed.previous_secrets = sealed_fields
+            .previous
+            .into_iter()
+            .map(Secret::new)
+            .collect();
+        if let Some(previous) = &record.previous_secret {
+            sealed.previous_secret = Some(Secret::new(ring.seal(
+                previous.expose().as_bytes(),
+                &aad(&record.uuid, "previous_secret", ""),
+            )?));
+        }
+        Ok(sealed)
+    }
+
+    /// Makes sure every endpoint has its sealed text under the primary key (sealing those that
+    /// have none, or text under another key); returns how many were sealed now. Call before
+    /// [`Sealer::stored_record`].
+    pub fn prepare<'a>(
+        &self,
+        endpoints: impl IntoIterator<Item = &'a Arc<Endpoint>>,
+    ) -> Result<usize, SealError> {
+        let Some(ring) = self.keyring() else {
+            return Ok(0);
+        };
+        let mut sealed = 0;
+        for endpoint in endpoints {
+            let current = endpoint.sealed.load();
+            if current.as_ref().is_some_and(|s| s.key == ring.primary()) {
+                continue;
+            }
+            let record = endpoint.record_with(&StatsNow::default());
+            endpoint
+                .sealed
+                .store(Some(Arc::new(seal_fields(&ring, &record)?)));
+            sealed += 1;
+        }
+        Ok(sealed)
+    }
+
+    /// The endpoint's record as stored, with `stats` as its delivery records: its sealed text
+    /// (see [`Sealer::prepare`]) in place of its secrets when the store is encrypted.
+    pub fn stored_record(&self, endpoint: &Endpoint, stats: &StatsNow) -> EndpointRecord {
+        let mut record = endpoint.record_with(stats);
+        if self.keyring().is_none() {
+            return record;
+        }
+        if let Some(sealed) = endpoint.sealed.load_full() {
+            record.secret = Secret::new(sealed.secret.clone());
+            record.previous_secrets = sealed.previous.iter().cloned().map(Secret::new).collect();
+        }
+        record
+    }
+
+    /// The name of the key the endpoint's stored text is under (`None`: plaintext).
+    pub fn key_of(endpoint: &Endpoint) -> Option<String> {
+        endpoint.sealed.load().as_ref().map(|s| s.key.clone())
+    }
+
+    /// An idempotency record as stored: its body (which may show a secret) sealed.
+    pub fn seal_idempotency(
+        &self,
+        mut stored: StoredIdempotency,
+    ) -> Result<StoredIdempotency, SealError> {
+        if let Some(ring) = self.keyring() {
+            let ad = idempotency_aad(&stored);
+            stored.body = ring.seal(stored.body.as_bytes(), &ad)?;
+        }
+        Ok(stored)
+    }
+
+    /// An idempotency record as read, its body opened. The message never quotes the body.
+    pub fn open_idempotency(
+        &self,
+        mut stored: StoredIdempotency,
+    ) -> Result<StoredIdempotency, String> {
+        if !keyring::is_sealed(&stored.body) {
+            if self.inner.require_encryption {
+                return Err("body: is stored in plaintext, and [store] require_encryption is on: run `hooksign store rekey`".into());
+            }
+            return Ok(stored);
+        }
+        let ring = self
+            .keyring()
+            .ok_or_else(|| format!("body: {}", OpenError::NoKeyring))?;
+        let plain = ring
+            .open(&stored.body, &idempotency_aad(&stored))
+            .map_err(|err| format!("body: {err}"))?;
+        stored.body = String::from_utf8(plain.to_vec()).map_err(|_| "body: not text".to_owned())?;
+        Ok(stored)
+    }
+
+    /// Whether a record as stored (before opening) is all under the primary key: what
+    /// `hooksign store rekey` leaves alone.
+    pub fn is_current(&self, stored: &EndpointRecord) -> bool {
+        let Some(primary) = self.primary() else {
+            return true;
+        };
+        std::iter::once(&stored.secret)
+            .chain(&stored.previous_secrets)
+            .chain(&stored.previous_secret)
+            .all(|value| keyring::key_name_of(value.expose()) == Some(primary.as_str()))
+    }
+}
+
+impl Sealed {
+    /// The key the text is under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Seals the secret fields of `record` (current and the list of previous ones).
+fn seal_fields(ring: &Keyring, record: &EndpointRecord) -> Result<Sealed, SealError> {
+    let secret = ring.seal(
+        record.secret.expose().as_bytes(),
+        &aad(&record.uuid, "secret", ""),
+    )?;
+    let mut previous = Vec::with_capacity(record.previous_secrets.len());
+    for (index, value) in record.previous_secrets.iter().enumerate() {
+        let expiry = record
+            .previous_secrets_expire_at
+            .get(index)
+            .map_or("", String::as_str);
+        previous.push(ring.seal(
+            value.expose().as_bytes(),
+            &aad(&record.uuid, "previous_secrets", expiry),
+        )?);
+    }
+    Ok(Sealed {
+        key: ring.primary().to_owned(),
+        secret,
+        previous,
+    })
+}
+
+/// The associated data of a field: the format, the endpoint, the field and (for a previous
+/// secret) its expiry.
+fn aad(uuid: &str, field: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "hooksign/secret/v1\0{}\0{field}\0{extra}",
+        uuid.to_ascii_lowercase()
+    )
+    .into_bytes()
+}
+
+fn idempotency_aad(stored: &StoredIdempotency) -> Vec<u8> {
+    format!(
+        "hooksign/idempotency/v1\0{}\0{}\0{}",
+        stored.company, stored.fingerprint, stored.key
+    )
+    .into_bytes()
+}
+
+/// Why `hooksign store rekey` stopped. What it re-encrypted before is kept (each batch is one
+/// atomic write); a rerun finishes the job.
+#[derive(Debug, thiserror::Error)]
+pub enum RekeyError {
+    #[error("no [store] keyring is configured: there is no key to encrypt under")]
+    NoKeyring,
+    #[error(transparent)]
+    Load(#[from] super::LoadError),
+    #[error(transparent)]
+    Write(#[from] super::WriteError),
+    #[error("gave up after {0} attempts: other writers kept changing the store meanwhile; rerun")]
+    Contended(usize),
+}
+
+/// How many times rekey reads again after a concurrent change before giving up.
+pub const REKEY_ATTEMPTS: usize = 10;
