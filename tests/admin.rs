@@ -330,9 +330,10 @@ async fn validation_errors() {
             "invalid_request",
         ),
         (
+            // A caller's own secret is taken, in the scheme's format only (issue 20).
             json!({"url": "https://localhost/", "events": ["*"], "secret": "whsec_mine"}),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
         ),
         (json!([1, 2]), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
