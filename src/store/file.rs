@@ -204,13 +204,16 @@ impl FileBackend {
             &self.sealer,
         )
         .map_err(|err| WriteError::Serialize(err.to_string()))?;
+        // Under the store's lock, so a write the server makes cannot land between this check and
+        // the rename (and then be overwritten).
+        let _lock = lock_store(&self.path).map_err(classify_write_error)?;
         if digest_of(&self.path)? != expected {
             return Err(WriteError::Contended(format!(
                 "{} (changed while it was being re-encrypted)",
                 self.path.display()
             )));
         }
-        write_durably(&self.path, &text)?;
+        write_locked(&self.path, &text)?;
         Ok(sealed)
     }
 
@@ -338,8 +341,27 @@ pub fn render(records: &[EndpointRecord]) -> Zeroizing<String> {
     super::toml_out::render(HEADER, records)
 }
 
-/// Writes the whole store durably; the SHA-256 of what was written.
+/// Writes the whole store durably, under the store's lock; the SHA-256 of what was written.
 fn write_durably(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
+    let _lock = lock_store(path).map_err(classify_write_error)?;
+    write_locked(path, text)
+}
+
+/// An exclusive lock (`flock`) on the store's directory, held while the returned handle is
+/// open: every hooksign process that writes the file (the server, `hooksign store rekey`) takes
+/// it around its rename, so one never renames over a write it has not seen. No file is created.
+fn lock_store(path: &Path) -> io::Result<std::fs::File> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let handle = std::fs::File::open(dir)?;
+    handle.lock()?;
+    Ok(handle)
+}
+
+/// [`write_durably`] with the lock already held.
+fn write_locked(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
