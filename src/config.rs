@@ -942,6 +942,34 @@ mod tests {
     }
 
     #[test]
+    fn keyring_audit_log_and_the_encryption_policy_parse() {
+        let c = parse(
+            "[store]\nkeyring = \"keys/keyring.toml\"\nrequire_encryption = true\n\
+             [admin]\naudit_log = \"audit.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.keyring,
+            Some(PathBuf::from("/etc/hooksign/keys/keyring.toml"))
+        );
+        assert!(c.store.require_encryption);
+        assert_eq!(
+            c.admin.audit_log,
+            Some(PathBuf::from("/etc/hooksign/audit.log"))
+        );
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.store.keyring, None);
+        assert!(!defaults.store.require_encryption);
+        assert_eq!(defaults.admin.audit_log, None);
+        let err = parse("[store]\nrequire_encryption = true\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store.require_encryption: needs [store] keyring"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn etcd_settings_parse_and_are_checked() {
         let c = parse(
             "[store]\nbackend = \"etcd\"\n[store.etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n\

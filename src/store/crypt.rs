@@ -338,3 +338,144 @@ pub enum RekeyError {
 
 /// How many times rekey reads again after a concurrent change before giving up.
 pub const REKEY_ATTEMPTS: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signing::Scheme;
+    use crate::store::Snapshot;
+
+    fn record(uuid: &str) -> EndpointRecord {
+        EndpointRecord {
+            uuid: uuid.into(),
+            company: "550e8400-e29b-41d4-a716-446655440000".into(),
+            url: "https://example.com/hooks".into(),
+            events: vec!["*".into()],
+            description: String::new(),
+            status: "active".into(),
+            scheme: "stripe".into(),
+            secret: Scheme::Stripe.generate_secret().unwrap(),
+            previous_secrets: vec![Scheme::Stripe.generate_secret().unwrap()],
+            previous_secrets_expire_at: vec!["2999-01-01T00:00:00Z".into()],
+            previous_secret: None,
+            previous_secret_expires_at: None,
+            created_at: None,
+            updated_at: None,
+            deliveries_count: 0,
+            last_delivery_at: None,
+            last_delivery_status: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    const A: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
+    const B: &str = "b1b2c3d4-e5f6-7890-abcd-ef1234567890";
+
+    fn sealer(name: &str, key: u8, require: bool) -> Sealer {
+        Sealer::new(Some(Keyring::single(name, [key; 32])), require)
+    }
+
+    #[test]
+    fn records_round_trip_and_show_no_secret() {
+        let sealer = sealer("k", 1, false);
+        let plain = record(A);
+        let sealed = sealer.seal_record(&plain).unwrap();
+        let text = serde_json::to_string(&sealed).unwrap();
+        assert!(!text.contains(&plain.secret.expose()[6..]), "{text}");
+        assert!(
+            !text.contains(&plain.previous_secrets[0].expose()[6..]),
+            "{text}"
+        );
+        assert!(sealer.is_current(&sealed));
+        assert!(!sealer.is_current(&plain));
+        let opened = sealer.open_record(sealed).unwrap();
+        assert_eq!(opened.record, plain);
+        assert_eq!(opened.sealed.unwrap().key(), "k");
+    }
+
+    #[test]
+    fn a_value_moved_to_another_record_or_window_does_not_open() {
+        let sealer = sealer("k", 1, false);
+        let a = sealer.seal_record(&record(A)).unwrap();
+        let mut b = sealer.seal_record(&record(B)).unwrap();
+        b.secret = a.secret.clone();
+        let (field, why) = sealer.open_record(b).map(|_| ()).unwrap_err();
+        assert_eq!(field, "secret");
+        assert!(
+            why.contains(B) && why.contains("does not decrypt under key \"k\""),
+            "{why}"
+        );
+        // A window extended by hand: the expiry is bound too.
+        let mut longer = a.clone();
+        longer.previous_secrets_expire_at = vec!["3999-01-01T00:00:00Z".into()];
+        assert_eq!(
+            sealer.open_record(longer).map(|_| ()).unwrap_err().0,
+            "previous_secrets"
+        );
+        // The previous secret moved into the current one's place.
+        let mut swapped = a;
+        swapped.secret = swapped.previous_secrets[0].clone();
+        assert!(sealer.open_record(swapped).is_err());
+    }
+
+    #[test]
+    fn policy_and_missing_keys_are_explained() {
+        let plain = record(A);
+        let strict = sealer("k", 1, true);
+        let (_, why) = strict.open_record(plain.clone()).map(|_| ()).unwrap_err();
+        assert!(why.contains("require_encryption"), "{why}");
+        assert!(strict.permissive().open_record(plain.clone()).is_ok());
+        let sealed = strict.seal_record(&plain).unwrap();
+        let (_, why) = Sealer::plaintext()
+            .open_record(sealed.clone())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(why.contains("no [store] keyring"), "{why}");
+        let (_, why) = sealer("other", 1, false)
+            .open_record(sealed)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            why.contains("key \"k\", which the keyring does not hold"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_seals_only_what_is_not_under_the_primary() {
+        let old = sealer("old", 1, false);
+        let records: Vec<_> = [A, B]
+            .iter()
+            .map(|uuid| old.seal_record(&record(uuid)).unwrap())
+            .collect();
+        let text = crate::store::file::render(&records);
+        let snapshot: Snapshot =
+            crate::store::file::parse_store_with(&text, "t.toml", None, &old).unwrap();
+        assert_eq!(
+            old.prepare(&snapshot.endpoints).unwrap(),
+            0,
+            "reused as read"
+        );
+        // The same keys with a new primary: both are re-sealed, once.
+        let both = Keyring::parse(
+            &format!(
+                "primary = \"new\"\n[keys]\n\"old\" = {:?}\n\"new\" = {:?}\n",
+                base64_of([1; 32]),
+                base64_of([2; 32])
+            ),
+            "k",
+        )
+        .unwrap();
+        old.replace_keyring(both);
+        assert_eq!(old.prepare(&snapshot.endpoints).unwrap(), 2);
+        assert_eq!(old.prepare(&snapshot.endpoints).unwrap(), 0);
+        let endpoint = snapshot.endpoints().next().unwrap();
+        let stored = old.stored_record(endpoint, &StatsNow::default());
+        assert_eq!(keyring::key_name_of(stored.secret.expose()), Some("new"));
+    }
+
+    fn base64_of(bytes: [u8; 32]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+}
