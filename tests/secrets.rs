@@ -1005,3 +1005,74 @@ fn keyring_new_prints_a_key_line_a_keyring_accepts() {
     let (code, _, err) = run_binary(&["keyring", "new", "bad name"], None);
     assert_eq!(code, 2, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_beside_a_live_server_loses_no_acknowledged_rotation() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let (a, b) = (key_line("a"), key_line("b"));
+    let server = start_with_keyring(&encrypted_config(&pki), &keyring_text("a", &[&a]), "").await;
+    let mut made = create_many(&server, &upstream, 60).await;
+    let dir = server.dir.path().to_owned();
+    std::fs::write(dir.join("keyring.toml"), keyring_text("b", &[&a, &b])).unwrap();
+    eventually("the new primary", || {
+        server.state.sealer.primary().as_deref() == Some("b")
+    })
+    .await;
+
+    // The documented procedure, live: rekey runs while the admin API keeps rotating.
+    let config_path = dir.join("config.toml");
+    let rekeys = tokio::task::spawn_blocking(move || {
+        (0..5)
+            .map(|_| {
+                let (code, out, err) = run_binary(
+                    &["store", "rekey", "--config", config_path.to_str().unwrap()],
+                    None,
+                );
+                std::thread::sleep(Duration::from_millis(10));
+                (code, format!("{out}{err}"))
+            })
+            .collect::<Vec<_>>()
+    });
+    for (uuid, secret) in made.iter_mut().take(40) {
+        let reply = rotate(&server, uuid, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        *secret = reply.json()["secret"].as_str().unwrap().to_owned();
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let outcomes = rekeys.await.unwrap();
+    assert!(
+        outcomes.iter().any(|(code, _)| *code == 0),
+        "no rekey finished: {outcomes:?}"
+    );
+    // One more write after the last rekey, then the file is all under b.
+    let reply = rotate(&server, &made[0].0, None).await;
+    made[0].1 = reply.json()["secret"].as_str().unwrap().to_owned();
+    let text = std::fs::read_to_string(dir.join("webhooks.toml")).unwrap();
+    assert!(!text.contains("enc1:a:"), "everything is under b");
+    // Every acknowledged secret is what the file holds (read with b alone) and what is in service.
+    let sealer = hooksign::store::crypt::Sealer::new(
+        Some(hooksign::keyring::Keyring::parse(&keyring_text("b", &[&b]), "k").unwrap()),
+        true,
+    );
+    let reread = hooksign::store::file::parse_store_with(&text, "webhooks.toml", None, &sealer)
+        .expect("the file opens with b alone");
+    assert_eq!(reread.len(), made.len());
+    for (uuid, secret) in &made {
+        let uuid = uuid.parse().unwrap();
+        assert_eq!(reread.get(&uuid).unwrap().secret.expose(), secret);
+    }
+    eventually("the server serves the file's content", || {
+        let snapshot = server.state.store.snapshot();
+        made.iter().all(|(uuid, secret)| {
+            snapshot
+                .get(&uuid.parse().unwrap())
+                .unwrap()
+                .secret
+                .expose()
+                == secret
+        })
+    })
+    .await;
+    assert_every_endpoint_signs(&server, &upstream, &made).await;
+}
