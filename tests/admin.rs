@@ -710,11 +710,18 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/webhooks",
         "/api/v1/webhooks/{uuid}",
         "/api/v1/webhooks/{uuid}/regenerate-secret",
+        "/api/v1/webhooks/{uuid}/revoke-previous",
         "/api/v1/webhooks/{uuid}/test",
         "/api/v1/webhooks/events",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
+    // Issue 20: caller-supplied secrets and windows up to 7 days are in the document.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["CreateWebhook"]["properties"]["secret"].is_object());
+    let rotate = &schemas["RegenerateSecret"]["properties"];
+    assert!(rotate["secret"].is_object());
+    assert_eq!(rotate["previousSecretExpiresIn"]["maximum"], 604800);
     for method in ["get", "patch", "delete"] {
         assert!(
             paths["/api/v1/webhooks/{uuid}"].get(method).is_some(),
