@@ -498,10 +498,10 @@ fn check(path: &Path) -> ExitCode {
         }
         Ok(config) => {
             let mut problems = Vec::new();
-            let sealer = match state::sealer_for(&config) {
+            let sealer = match checked_sealer(&config) {
                 Ok(sealer) => sealer,
-                Err(err) => {
-                    problems.push(err.to_string());
+                Err(why) => {
+                    problems.push(why);
                     Sealer::plaintext()
                 }
             };
@@ -536,6 +536,20 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// The config's sealer for `check`, with a line naming the keyring's keys (never a key).
+fn checked_sealer(config: &Config) -> Result<Sealer, String> {
+    let sealer = state::sealer_for(config).map_err(|err| crate::error_chain::error_chain(&err))?;
+    if let (Some(path), Some(keyring)) = (&config.store.keyring, sealer.keyring()) {
+        println!(
+            "keyring {}: primary {:?}, keys {}",
+            path.display(),
+            keyring.primary(),
+            keyring.names().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(sealer)
+}
+
 /// Connects to the configured etcd and loads the prefix: the problems found.
 fn check_etcd(config: &Config) -> Vec<String> {
     let runtime = match runtime(1) {
@@ -543,9 +557,9 @@ fn check_etcd(config: &Config) -> Vec<String> {
         Err(err) => return vec![err.to_string()],
     };
     let etcd = &config.store.etcd;
-    let sealer = match state::sealer_for(config) {
+    let sealer = match checked_sealer(config) {
         Ok(sealer) => sealer,
-        Err(err) => return vec![err.to_string()],
+        Err(why) => return vec![why],
     };
     runtime.block_on(async {
         let loaded = match EtcdBackend::connect(etcd, None).await {

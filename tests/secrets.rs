@@ -723,6 +723,7 @@ fn without_a_keyring_nothing_changes_and_plaintext_stores_still_load() {
     let path = keyed.write(dir.path(), &store_toml(&[&endpoint]));
     let (code, out, err) = run_binary(&["check", "--config", path.to_str().unwrap()], None);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("keyring.toml: primary \"k\", keys k"), "{out}");
     // And an encrypted store without the keyring is refused, naming why.
     run_binary(
         &["store", "rekey", "--config", path.to_str().unwrap()],
