@@ -14,7 +14,11 @@
 //! endpoint, so a delivery never takes a lock and a reload keeps the counters.
 //!
 //! Secret rotation is [`rotate`], a pure function from a record to the rotated record, which
-//! the admin API persists through [`Store::update`].
+//! the admin API persists through [`Store::update`]: up to [`MAX_PREVIOUS_KEYS`] previous keys
+//! keep signing, each until the end of its own window ([`revoke_previous`] ends them all).
+//!
+//! Secrets at rest: with a keyring, every backend seals records before they are stored and opens
+//! them when they are read, once per snapshot build ([`crypt::Sealer`]).
 
 pub mod crypt;
 pub mod etcd;
