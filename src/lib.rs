@@ -249,7 +249,7 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
         if let Err(err) = store::watch::spawn_keyring(
             state.store.clone(),
             state.sealer.clone(),
-            state.metrics.reload.clone(),
+            keyring_reloads(state),
             keyring.clone(),
             shutdown.clone(),
         ) {
@@ -258,6 +258,13 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
+}
+
+fn keyring_reloads(state: &AppState) -> store::watch::KeyringReloads {
+    store::watch::KeyringReloads {
+        keyring: state.metrics.keyring_reload.clone(),
+        store: state.metrics.reload.clone(),
+    }
 }
 
 /// Re-reads the store on every `SIGHUP` until `shutdown` fires.
@@ -282,7 +289,7 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
                 store::watch::reload_keyring(
                     &state.store,
                     &state.sealer,
-                    &state.metrics.reload,
+                    &keyring_reloads(&state),
                     keyring,
                 )
                 .await

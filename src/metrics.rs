@@ -52,6 +52,9 @@ pub struct Metrics {
     in_flight: IntGauge,
     /// Store load and reload results (handed to the store's watcher).
     pub reload: ReloadMetrics,
+    /// Keyring reload results (`hooksign_keyring_reloads_total`,
+    /// `hooksign_keyring_last_reload_success`), handed to the keyring's watcher.
+    pub keyring_reload: ReloadMetrics,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     pub egress_blocked: IntCounterVec,
@@ -132,6 +135,18 @@ impl Metrics {
             "hooksign_store_last_reload_success",
             "1 if the last store load succeeded, 0 if it was rejected",
         )?;
+        let keyring_reloads = IntCounterVec::new(
+            Opts::new(
+                "hooksign_keyring_reloads_total",
+                "Keyring reloads ([store] keyring), by result",
+            ),
+            &["result"],
+        )?;
+        let keyring_last_success = IntGauge::new(
+            "hooksign_keyring_last_reload_success",
+            "1 if the last keyring reload succeeded (or none was needed), 0 if it was rejected",
+        )?;
+        keyring_last_success.set(1);
         let store_endpoints = IntGauge::new(
             "hooksign_store_endpoints",
             "Endpoints in the snapshot in service",
@@ -178,6 +193,8 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(keyring_reloads.clone()))?;
+        registry.register(Box::new(keyring_last_success.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
         registry.register(Box::new(egress_blocked.clone()))?;
@@ -195,6 +212,11 @@ impl Metrics {
                 applied: reloads.with_label_values(&["success"]),
                 rejected: reloads.with_label_values(&["error"]),
                 last_success: last_reload_success,
+            },
+            keyring_reload: ReloadMetrics {
+                applied: keyring_reloads.with_label_values(&["success"]),
+                rejected: keyring_reloads.with_label_values(&["error"]),
+                last_success: keyring_last_success,
             },
             store_backend: StoreBackendMetrics {
                 up: backend_up,

@@ -629,6 +629,9 @@ async fn the_keyring_reloads_live_and_a_broken_one_keeps_the_last_good() {
     .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.state.sealer.primary().as_deref(), Some("b"));
+    let metrics = server.admin_get("/metrics").await.text();
+    assert!(metrics.contains("hooksign_keyring_last_reload_success 0"), "{metrics}");
+    assert!(metrics.contains("hooksign_keyring_reloads_total{result=\"error\"} 1"), "{metrics}");
     let reply = rotate(&server, &uuid, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let secret = reply.json()["secret"].as_str().unwrap().to_owned();
@@ -644,6 +647,8 @@ async fn the_keyring_reloads_live_and_a_broken_one_keeps_the_last_good() {
             .is_some_and(|k| k.names().collect::<Vec<_>>() == ["b"])
     })
     .await;
+    let metrics = server.admin_get("/metrics").await.text();
+    assert!(metrics.contains("hooksign_keyring_last_reload_success 1"), "{metrics}");
     let (code, out, err) = run_binary(
         &[
             "check",

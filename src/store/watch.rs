@@ -125,7 +125,7 @@ pub fn spawn(
 pub fn spawn_keyring(
     store: Store,
     sealer: Sealer,
-    reloads: ReloadMetrics,
+    reloads: KeyringReloads,
     path: PathBuf,
     shutdown: CancellationToken,
 ) -> Result<(), WatchError> {
@@ -174,17 +174,26 @@ pub fn spawn_keyring(
     Ok(())
 }
 
+/// The metrics a keyring reload records: its own, then the store's (the store is re-read).
+#[derive(Clone, Debug)]
+pub struct KeyringReloads {
+    pub keyring: ReloadMetrics,
+    pub store: ReloadMetrics,
+}
+
 /// Re-reads the keyring at `path` into `sealer`, then the store with it.
-pub async fn reload_keyring(store: &Store, sealer: &Sealer, reloads: &ReloadMetrics, path: &Path) {
+pub async fn reload_keyring(store: &Store, sealer: &Sealer, reloads: &KeyringReloads, path: &Path) {
     let read = path.to_owned();
     match super::off_runtime(move || Keyring::load(&read)).await {
         Ok(keyring) => {
             let names = keyring.names().collect::<Vec<_>>().join(", ");
             tracing::info!(primary = %keyring.primary(), keys = %names, "keyring reloaded");
             sealer.replace_keyring(keyring);
-            reload_now(store, reloads).await;
+            reloads.keyring.record(ReloadOutcome::Applied);
+            reload_now(store, &reloads.store).await;
         }
         Err(err) => {
+            reloads.keyring.record(ReloadOutcome::Rejected);
             tracing::error!(error = %crate::error_chain::error_chain(&err), "keyring rejected; the keyring in service stays");
         }
     }
