@@ -510,6 +510,13 @@ async fn rekey_of_a_file_store_survives_kill_9_at_random_moments() {
     let text = std::fs::read_to_string(&store).unwrap();
     assert_eq!(text.matches("enc1:b:").count(), 150, "every secret under b");
     assert!(!text.contains("enc1:a:"));
+    // The temp files of the killed runs are gone too.
+    let left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("hooksign-tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     std::fs::write(&keyring_path, keyring_text("b", &[&b])).unwrap();
     let server = TestServer::start_in(dir, &config, "", None).await;
     assert_every_endpoint_signs(&server, &upstream, &made).await;
@@ -630,8 +637,14 @@ async fn the_keyring_reloads_live_and_a_broken_one_keeps_the_last_good() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(server.state.sealer.primary().as_deref(), Some("b"));
     let metrics = server.admin_get("/metrics").await.text();
-    assert!(metrics.contains("hooksign_keyring_last_reload_success 0"), "{metrics}");
-    assert!(metrics.contains("hooksign_keyring_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("hooksign_keyring_last_reload_success 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hooksign_keyring_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
     let reply = rotate(&server, &uuid, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let secret = reply.json()["secret"].as_str().unwrap().to_owned();
@@ -648,7 +661,10 @@ async fn the_keyring_reloads_live_and_a_broken_one_keeps_the_last_good() {
     })
     .await;
     let metrics = server.admin_get("/metrics").await.text();
-    assert!(metrics.contains("hooksign_keyring_last_reload_success 1"), "{metrics}");
+    assert!(
+        metrics.contains("hooksign_keyring_last_reload_success 1"),
+        "{metrics}"
+    );
     let (code, out, err) = run_binary(
         &[
             "check",

@@ -207,6 +207,9 @@ impl FileBackend {
         // Under the store's lock, so a write the server makes cannot land between this check and
         // the rename (and then be overwritten).
         let _lock = lock_store(&self.path).map_err(classify_write_error)?;
+        // No other hooksign is writing now (it would hold the lock): a temp file here was left
+        // by an interrupted write, such as an earlier rekey killed mid-way.
+        self.remove_stale_temp_files();
         if digest_of(&self.path)? != expected {
             return Err(WriteError::Contended(format!(
                 "{} (changed while it was being re-encrypted)",
