@@ -1098,3 +1098,66 @@ async fn rekey_beside_a_live_server_loses_no_acknowledged_rotation() {
     .await;
     assert_every_endpoint_signs(&server, &upstream, &made).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_replicas_follow_a_keyring_rotation_one_reload_at_a_time() {
+    let Some(etcd) = Etcd::start("etcd_replicas_follow_a_keyring_rotation_one_reload_at_a_time")
+    else {
+        return;
+    };
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let (a, b) = (key_line("a"), key_line("b"));
+    let config = encrypted_config(&pki)
+        .set("store", "backend = \"etcd\"")
+        .set("store.etcd", &format!("endpoints = [{:?}]", etcd.url()))
+        .set("store.etcd", "prefix = \"/fleet/\"");
+    let one = start_with_keyring(&config, &keyring_text("a", &[&a]), "").await;
+    let two = start_with_keyring(&config, &keyring_text("a", &[&a]), "").await;
+    let created = one.create_webhook(&upstream.url("/f"), &["*"]).await;
+    let uuid = created["uuid"].as_str().unwrap().to_owned();
+    let secret_in = |server: &TestServer| {
+        server
+            .state
+            .store
+            .snapshot()
+            .get(&uuid.parse().unwrap())
+            .map(|e| e.secret.expose().to_owned())
+    };
+    let first = created["secret"].as_str().unwrap().to_owned();
+    eventually("replica two has the endpoint", || {
+        secret_in(&two).as_deref() == Some(first.as_str())
+    })
+    .await;
+
+    // Replica one gets b as primary before replica two knows b (the step the procedure warns
+    // about): two cannot open the rotated value and keeps the endpoint's last good record.
+    std::fs::write(
+        one.dir.path().join("keyring.toml"),
+        keyring_text("b", &[&a, &b]),
+    )
+    .unwrap();
+    eventually("replica one reloaded", || {
+        one.state.sealer.primary().as_deref() == Some("b")
+    })
+    .await;
+    let reply = rotate(&one, &uuid, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let second = reply.json()["secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(secret_in(&two).as_deref(), Some(first.as_str()));
+    assert_signs_with(&two, &upstream, &uuid, &first).await;
+
+    // Once two's keyring holds b, its reload re-reads the prefix and it signs with the new secret.
+    std::fs::write(
+        two.dir.path().join("keyring.toml"),
+        keyring_text("b", &[&a, &b]),
+    )
+    .unwrap();
+    eventually("replica two follows", || {
+        secret_in(&two).as_deref() == Some(second.as_str())
+    })
+    .await;
+    assert_signs_with(&two, &upstream, &uuid, &second).await;
+    assert_signs_with(&one, &upstream, &uuid, &second).await;
+}
