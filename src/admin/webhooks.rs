@@ -284,7 +284,17 @@ pub async fn create(
             move |_| Ok::<_, AdminError>((Edit::put(record), ())),
             move |next, ()| (201, body_of(&revealed(next, uuid, company))),
         )
-        .await?;
+        .await;
+    audit_unsynced(
+        &state,
+        &caller,
+        uuid,
+        "create",
+        request.key.as_deref(),
+        &written,
+    )
+    .await?;
+    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
@@ -403,7 +413,9 @@ pub async fn update(
             record.updated_at = Some(now_text());
             Ok::<_, AdminError>((Edit::put(record), ()))
         })
-        .await?;
+        .await;
+    audit_unsynced(&state, &caller, uuid, "update", None, &written).await?;
+    let written = written?;
     if reactivated {
         if let Some(endpoint) = written.snapshot.get(&uuid) {
             endpoint.stats.reset_failures();
@@ -433,13 +445,15 @@ pub async fn delete(
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let company = caller.company;
-    state
+    let written = state
         .store
         .update(move |snapshot| {
             find_record(snapshot, uuid, company)?;
             Ok::<_, AdminError>((Edit::delete(uuid), ()))
         })
-        .await?;
+        .await;
+    audit_unsynced(&state, &caller, uuid, "delete", None, &written).await?;
+    written?;
     audit(&state, &caller, uuid, "delete", None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -487,7 +501,17 @@ pub async fn regenerate_secret(
             },
             move |next, ()| (200, body_of(&revealed(next, uuid, company))),
         )
-        .await?;
+        .await;
+    audit_unsynced(
+        &state,
+        &caller,
+        uuid,
+        "regenerate_secret",
+        request.key.as_deref(),
+        &written,
+    )
+    .await?;
+    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
@@ -532,7 +556,9 @@ pub async fn revoke_previous(
             let revoked = store::revoke_previous(&record, OffsetDateTime::now_utc());
             Ok::<_, AdminError>((Edit::put(revoked), ()))
         })
-        .await?;
+        .await;
+    audit_unsynced(&state, &caller, uuid, "revoke_previous", None, &written).await?;
+    let written = written?;
     audit(&state, &caller, uuid, "revoke_previous", None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "previous secrets revoked");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
@@ -668,6 +694,22 @@ pub async fn events(
 }
 
 // === helpers ===
+
+/// A write that failed with `store_not_durable` was still made (it is in service): audit it
+/// before the error goes out.
+async fn audit_unsynced<T>(
+    state: &AppState,
+    caller: &Caller,
+    endpoint: Uuid,
+    action: &'static str,
+    idempotency_key: Option<&str>,
+    result: &Result<T, AdminError>,
+) -> Result<(), AdminError> {
+    if let Err(AdminError::StoreNotDurable(_)) = result {
+        audit(state, caller, endpoint, action, idempotency_key).await?;
+    }
+    Ok(())
+}
 
 /// Appends the audit line of a write that was made (when `[admin] audit_log` is set), durably,
 /// before the response goes out.
