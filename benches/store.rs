@@ -238,8 +238,13 @@ async fn rotate_one(store: &Store, uuid: Uuid) {
     store
         .update(move |snapshot| {
             let record = snapshot.get(&uuid).expect("a known uuid").record_now();
-            let next = rotate(&record, Duration::ZERO, time::OffsetDateTime::now_utc())
-                .expect("storno rotates");
+            let next = rotate(
+                &record,
+                Duration::ZERO,
+                time::OffsetDateTime::now_utc(),
+                None,
+            )
+            .expect("storno rotates");
             Ok::<_, WriteError>((Edit::put(next), ()))
         })
         .await

@@ -45,6 +45,7 @@ use crate::state::AppState;
         webhooks::update,
         webhooks::delete,
         webhooks::regenerate_secret,
+        webhooks::revoke_previous,
         webhooks::test,
         webhooks::events,
         client_certificate::set,
@@ -108,6 +109,10 @@ pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
         .route(
             "/api/v1/webhooks/{uuid}/regenerate-secret",
             post(webhooks::regenerate_secret),
+        )
+        .route(
+            "/api/v1/webhooks/{uuid}/revoke-previous",
+            post(webhooks::revoke_previous),
         )
         .route("/api/v1/webhooks/{uuid}/test", post(webhooks::test))
         .route(

@@ -1,5 +1,7 @@
 //! The command line: `serve`, `check`, `token`, `sign`, `verify`, `healthcheck` (SPEC section 4),
-//! and `store import` / `store export`, which move endpoints between a TOML store file and etcd.
+//! and `store import` / `store export`, which move endpoints between a TOML store file and etcd;
+//! `store rekey` (re-encrypt every secret under the keyring's primary key), `keyring new` and
+//! `audit verify`.
 //!
 //! [`run`] executes a parsed [`Cli`] and returns the process exit code; `main` only maps errors.
 
@@ -19,11 +21,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config, StoreBackend};
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
-use crate::state::AppState;
+use crate::state::{self, AppState};
+use crate::store::crypt::Sealer;
 use crate::store::etcd::{self, EtcdBackend};
 use crate::store::file::{self as file_store, FileBackend};
 use crate::store::{Backend, EndpointRecord, Snapshot};
 use crate::upstream::client;
+use crate::{audit, keyring};
 use crate::{Listeners, RunError};
 
 /// How long `healthcheck` waits for `/healthz`.
@@ -79,9 +83,35 @@ pub enum Command {
     },
     /// Exit 0 if the admin port's /healthz answers 200 (for a container HEALTHCHECK).
     Healthcheck(ConfigArg),
-    /// Move endpoints between a TOML store file and the etcd store of the config.
+    /// Move endpoints between a TOML store file and the etcd store of the config; re-encrypt.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The keyring that encrypts secrets at rest.
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
+    /// The audit log of admin writes.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `hooksign keyring ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeyringCommand {
+    /// Print a new key line (`"NAME" = "<base64 of 32 random bytes>"`) for a keyring's [keys].
+    New {
+        /// The key's name (letters, digits, '.', '_' or '-'), e.g. 2026-12.
+        name: String,
+    },
+}
+
+/// `hooksign audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain of an audit log: exit 0 if intact, else name the first bad line, exit 1.
+    Verify {
+        /// The audit log (`[admin] audit_log`).
+        path: PathBuf,
+    },
 }
 
 /// `hooksign store ...`: the config's `[store.etcd]` says where etcd is.
@@ -99,6 +129,12 @@ pub enum StoreCommand {
     Export {
         /// Where to write; stdout when absent.
         file: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Re-encrypt every secret of the config's store (file or etcd) under the keyring's primary
+    /// key, in batches; plaintext secrets are encrypted. Safe to interrupt and rerun.
+    Rekey {
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -180,6 +216,68 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
         Command::Store(StoreCommand::Export { file, config }) => {
             store_command(&config.path(), StoreAction::Export(file))
         }
+        Command::Store(StoreCommand::Rekey { config }) => rekey(&config.path()),
+        Command::Keyring(KeyringCommand::New { name }) => match keyring::new_key_line(&name) {
+            Ok(line) => {
+                write_stdout(&format!("{line}\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(why) => Ok(usage_error(&why)),
+        },
+        Command::Audit(AuditCommand::Verify { path }) => match audit::verify(&path) {
+            Ok(lines) => {
+                println!("{}: {lines} line(s), chain intact", path.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => {
+                eprintln!("{}: {err}", path.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+    }
+}
+
+/// `store rekey`: re-encrypts the config's store under the primary key, printing progress;
+/// exit 0, or print why and exit 1 (what was done stays done; rerun to finish).
+fn rekey(path: &Path) -> Result<ExitCode, RunError> {
+    let config = Config::load(path)?;
+    let sealer = match state::sealer_for(&config) {
+        Ok(sealer) => sealer.permissive(),
+        Err(err) => {
+            eprintln!("hooksign: {err}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let primary = sealer.primary().unwrap_or_default();
+    let report = |done: usize, total: usize| {
+        eprintln!("rekey: {done}/{total} re-encrypted under key {primary:?}");
+    };
+    let outcome = match config.store.backend {
+        StoreBackend::File => FileBackend::new(config.store.path.clone())
+            .with_sealer(sealer.clone())
+            .rekey(report),
+        StoreBackend::Etcd => runtime(1)?.block_on(async {
+            match EtcdBackend::connect(&config.store.etcd, None).await {
+                Ok(backend) => backend.with_sealer(sealer.clone()).rekey(report).await,
+                Err(err) => Err(err.into()),
+            }
+        }),
+    };
+    match outcome {
+        Ok(count) => {
+            println!(
+                "rekey: done, {count} re-encrypted; every secret is under key {:?}",
+                sealer.primary().unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!(
+                "hooksign: rekey stopped: {}",
+                crate::error_chain::error_chain(&err)
+            );
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 
@@ -193,12 +291,16 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
     let config = Config::load(path)?;
     let runtime = runtime(1)?;
     let outcome: Result<(), String> = runtime.block_on(async {
+        let sealer = state::sealer_for(&config)
+            .map_err(|err| err.to_string())?
+            .permissive();
         let backend = EtcdBackend::connect(&config.store.etcd, None)
             .await
-            .map_err(|err| err.to_string())?;
+            .map_err(|err| err.to_string())?
+            .with_sealer(sealer.clone());
         match action {
             StoreAction::Import(file) => {
-                let records = read_store_file(&file)?;
+                let records = read_store_file(&file, &sealer)?;
                 let written = backend
                     .import(&records)
                     .await
@@ -212,13 +314,19 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                 match file {
                     Some(file) => {
                         FileBackend::new(file.clone())
+                            .with_sealer(sealer.clone())
                             .write_records(records)
                             .await
                             .map_err(|err| err.to_string())?;
                         eprintln!("exported {count} endpoint(s) to {}", file.display());
                     }
                     None => {
-                        let text = file_store::render(&records);
+                        let sealed = records
+                            .iter()
+                            .map(|record| sealer.seal_record(record))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|err| err.to_string())?;
+                        let text = file_store::render(&sealed);
                         write_stdout(&text).map_err(|err| err.to_string())?;
                         eprintln!("exported {count} endpoint(s)");
                     }
@@ -237,8 +345,11 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
 }
 
 /// The records of a TOML store file, validated, delivery records stripped.
-fn read_store_file(file: &Path) -> Result<Vec<EndpointRecord>, String> {
-    let snapshot: Snapshot = match FileBackend::new(file).load_file() {
+fn read_store_file(file: &Path, sealer: &Sealer) -> Result<Vec<EndpointRecord>, String> {
+    let snapshot: Snapshot = match FileBackend::new(file)
+        .with_sealer(sealer.clone())
+        .load_file()
+    {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return Err(format!("{} does not exist", file.display())),
         Err(err) => return Err(err.problems().join("\n")),
@@ -387,7 +498,17 @@ fn check(path: &Path) -> ExitCode {
         }
         Ok(config) => {
             let mut problems = Vec::new();
-            match FileBackend::new(config.store.path.clone()).load_file() {
+            let sealer = match checked_sealer(&config) {
+                Ok(sealer) => sealer,
+                Err(why) => {
+                    problems.push(why);
+                    Sealer::plaintext()
+                }
+            };
+            match FileBackend::new(config.store.path.clone())
+                .with_sealer(sealer)
+                .load_file()
+            {
                 Ok(Some(snapshot)) => {
                     println!("store {}: {} endpoints", config.store.path.display(), snapshot.len())
                 }
@@ -415,6 +536,20 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// The config's sealer for `check`, with a line naming the keyring's keys (never a key).
+fn checked_sealer(config: &Config) -> Result<Sealer, String> {
+    let sealer = state::sealer_for(config).map_err(|err| crate::error_chain::error_chain(&err))?;
+    if let (Some(path), Some(keyring)) = (&config.store.keyring, sealer.keyring()) {
+        println!(
+            "keyring {}: primary {:?}, keys {}",
+            path.display(),
+            keyring.primary(),
+            keyring.names().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(sealer)
+}
+
 /// Connects to the configured etcd and loads the prefix: the problems found.
 fn check_etcd(config: &Config) -> Vec<String> {
     let runtime = match runtime(1) {
@@ -422,9 +557,13 @@ fn check_etcd(config: &Config) -> Vec<String> {
         Err(err) => return vec![err.to_string()],
     };
     let etcd = &config.store.etcd;
+    let sealer = match checked_sealer(config) {
+        Ok(sealer) => sealer,
+        Err(why) => return vec![why],
+    };
     runtime.block_on(async {
         let loaded = match EtcdBackend::connect(etcd, None).await {
-            Ok(backend) => backend.load(None).await,
+            Ok(backend) => backend.with_sealer(sealer).load(None).await,
             Err(err) => Err(err),
         };
         match loaded {

@@ -83,6 +83,9 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub rate_limit_per_minute: u32,
     pub tokens: Vec<AdminToken>,
+    /// `[admin] audit_log`: the hash-chained audit log of admin writes, resolved against the
+    /// config file's directory (none: no audit log).
+    pub audit_log: Option<PathBuf>,
 }
 
 /// One `[[admin.tokens]]` grant. Only the SHA-256 of the bearer token is held.
@@ -117,6 +120,11 @@ pub struct StoreConfig {
     /// The store file, resolved against the config file's directory.
     pub path: PathBuf,
     pub etcd: EtcdConfig,
+    /// `[store] keyring`: the keyring file that encrypts secrets at rest, resolved against the
+    /// config file's directory (none: secrets are stored in plaintext).
+    pub keyring: Option<PathBuf>,
+    /// `[store] require_encryption`: refuse to read a plaintext secret (needs a keyring).
+    pub require_encryption: bool,
 }
 
 /// `[store] backend`.
@@ -373,6 +381,7 @@ struct RawAdmin {
     listen: String,
     rate_limit_per_minute: u32,
     tokens: Vec<RawToken>,
+    audit_log: Option<PathBuf>,
 }
 
 impl Default for RawAdmin {
@@ -381,6 +390,7 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:9090".into(),
             rate_limit_per_minute: 120,
             tokens: Vec::new(),
+            audit_log: None,
         }
     }
 }
@@ -405,6 +415,8 @@ struct RawStore {
     backend: String,
     path: PathBuf,
     etcd: RawEtcd,
+    keyring: Option<PathBuf>,
+    require_encryption: bool,
 }
 
 impl Default for RawStore {
@@ -413,6 +425,8 @@ impl Default for RawStore {
             backend: "file".into(),
             path: PathBuf::from("webhooks.toml"),
             etcd: RawEtcd::default(),
+            keyring: None,
+            require_encryption: false,
         }
     }
 }
@@ -621,6 +635,7 @@ impl RawConfig {
             listen: socket_addr("admin.listen", &self.admin.listen, &mut problem),
             rate_limit_per_minute: self.admin.rate_limit_per_minute,
             tokens,
+            audit_log: self.admin.audit_log.as_ref().map(|p| base.join(p)),
         };
         if admin.rate_limit_per_minute == 0 {
             problem("admin.rate_limit_per_minute", "must be at least 1".into());
@@ -638,10 +653,18 @@ impl RawConfig {
             }
         };
         let etcd = validate_etcd(self.store.etcd, base, &mut problem);
+        if self.store.require_encryption && self.store.keyring.is_none() {
+            problem(
+                "store.require_encryption",
+                "needs [store] keyring (the keys to encrypt with)".into(),
+            );
+        }
         let store = StoreConfig {
             backend,
             path: base.join(&self.store.path),
             etcd,
+            keyring: self.store.keyring.as_ref().map(|p| base.join(p)),
+            require_encryption: self.store.require_encryption,
         };
 
         let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {
@@ -1118,6 +1141,34 @@ mod tests {
             Companies::Only(vec!["550e8400-e29b-41d4-a716-446655440000"
                 .parse()
                 .unwrap()])
+        );
+    }
+
+    #[test]
+    fn keyring_audit_log_and_the_encryption_policy_parse() {
+        let c = parse(
+            "[store]\nkeyring = \"keys/keyring.toml\"\nrequire_encryption = true\n\
+             [admin]\naudit_log = \"audit.log\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.keyring,
+            Some(PathBuf::from("/etc/hooksign/keys/keyring.toml"))
+        );
+        assert!(c.store.require_encryption);
+        assert_eq!(
+            c.admin.audit_log,
+            Some(PathBuf::from("/etc/hooksign/audit.log"))
+        );
+        let defaults = parse("").unwrap();
+        assert_eq!(defaults.store.keyring, None);
+        assert!(!defaults.store.require_encryption);
+        assert_eq!(defaults.admin.audit_log, None);
+        let err = parse("[store]\nrequire_encryption = true\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("store.require_encryption: needs [store] keyring"),
+            "{err}"
         );
     }
 

@@ -8,12 +8,14 @@
 //! - [`config`]: the TOML configuration, parsed into validated types.
 //! - [`secret`]: [`secret::Secret`], the redacted, zeroized home of every key.
 //! - [`client_cert`]: an endpoint's client certificate chain and key (mutual TLS), checked.
+//! - [`keyring`]: the named keys that encrypt secrets at rest.
 //! - [`signing`]: signature schemes, keyed once per snapshot.
 //! - [`store`]: endpoints and secrets as one `ArcSwap<Snapshot>`, loaded from a backend.
 //! - [`proxy`]: the delivery path (hyper server in, signed request out through [`upstream`]).
 //! - [`upstream`]: the pooled rustls client to customers.
 //! - [`egress`]: the SSRF guard: resolve, classify every address, dial the checked one.
 //! - [`admin`]: the operator port (probes, metrics).
+//! - [`audit`]: the hash-chained audit log of admin writes.
 //! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`outcome`]: how a delivery ended (metric label, status and error code).
@@ -24,11 +26,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod audit;
 pub mod cli;
 pub mod client_cert;
 pub mod config;
 pub mod egress;
 pub mod error_chain;
+pub mod keyring;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
@@ -78,7 +82,13 @@ impl RunError {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Self::Config(_) | Self::Build(BuildError::Store(_) | BuildError::Client(_))
+            Self::Config(_)
+                | Self::Build(
+                    BuildError::Store(_)
+                        | BuildError::Client(_)
+                        | BuildError::Keyring(_)
+                        | BuildError::Audit(_)
+                )
         )
     }
 }
@@ -237,8 +247,26 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
             tracing::warn!(error = %err, "live reload is off; send SIGHUP to reload the store");
         }
     }
+    if let Some(keyring) = &state.config.store.keyring {
+        if let Err(err) = store::watch::spawn_keyring(
+            state.store.clone(),
+            state.sealer.clone(),
+            keyring_reloads(state),
+            keyring.clone(),
+            shutdown.clone(),
+        ) {
+            tracing::warn!(error = %err, "keyring live reload is off; send SIGHUP to reload it");
+        }
+    }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
+}
+
+fn keyring_reloads(state: &AppState) -> store::watch::KeyringReloads {
+    store::watch::KeyringReloads {
+        keyring: state.metrics.keyring_reload.clone(),
+        store: state.metrics.reload.clone(),
+    }
 }
 
 /// Re-reads the store on every `SIGHUP` until `shutdown` fires.
@@ -258,7 +286,18 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             received = hangups.recv() => if received.is_none() { return },
         }
         tracing::info!("SIGHUP received; reloading the store");
-        store::watch::reload_now(&state.store, &state.metrics.reload).await;
+        match &state.config.store.keyring {
+            Some(keyring) => {
+                store::watch::reload_keyring(
+                    &state.store,
+                    &state.sealer,
+                    &keyring_reloads(&state),
+                    keyring,
+                )
+                .await
+            }
+            None => store::watch::reload_now(&state.store, &state.metrics.reload).await,
+        }
     }
 }
 

@@ -113,6 +113,9 @@ pub struct Metrics {
     in_flight: IntGauge,
     /// Store load and reload results (handed to the store's watcher).
     pub reload: ReloadMetrics,
+    /// Keyring reload results (`hooksign_keyring_reloads_total`,
+    /// `hooksign_keyring_last_reload_success`), handed to the keyring's watcher.
+    pub keyring_reload: ReloadMetrics,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     /// `hooksign_client_certificate_expiry_timestamp_seconds`: the soonest `notAfter` of the
@@ -227,6 +230,18 @@ impl Metrics {
             "hooksign_store_last_reload_success",
             "1 if the last store load succeeded, 0 if it was rejected",
         )?;
+        let keyring_reloads = IntCounterVec::new(
+            Opts::new(
+                "hooksign_keyring_reloads_total",
+                "Keyring reloads ([store] keyring), by result",
+            ),
+            &["result"],
+        )?;
+        let keyring_last_success = IntGauge::new(
+            "hooksign_keyring_last_reload_success",
+            "1 if the last keyring reload succeeded (or none was needed), 0 if it was rejected",
+        )?;
+        keyring_last_success.set(1);
         let store_endpoints = IntGauge::new(
             "hooksign_store_endpoints",
             "Endpoints in the snapshot in service",
@@ -279,6 +294,8 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
+        registry.register(Box::new(keyring_reloads.clone()))?;
+        registry.register(Box::new(keyring_last_success.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
         registry.register(Box::new(client_certificate_expiry.clone()))?;
@@ -299,6 +316,11 @@ impl Metrics {
                 applied: reloads.with_label_values(&["success"]),
                 rejected: reloads.with_label_values(&["error"]),
                 last_success: last_reload_success,
+            },
+            keyring_reload: ReloadMetrics {
+                applied: keyring_reloads.with_label_values(&["success"]),
+                rejected: keyring_reloads.with_label_values(&["error"]),
+                last_success: keyring_last_success,
             },
             store_backend: StoreBackendMetrics {
                 up: backend_up,

@@ -4,9 +4,12 @@
 
 use std::sync::Arc;
 
+use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, StoreBackend};
 use crate::egress::{EgressPolicy, Resolve, SystemResolver};
+use crate::keyring::{Keyring, KeyringError};
 use crate::metrics::{Metrics, ReloadOutcome};
+use crate::store::crypt::Sealer;
 use crate::store::etcd::EtcdBackend;
 use crate::store::file::FileBackend;
 use crate::store::{Backend, LoadError, Store};
@@ -23,6 +26,10 @@ pub struct AppState {
     /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
     pub egress: Arc<EgressPolicy>,
     pub upstream: Upstream,
+    /// How secrets are kept at rest (the keyring in service, reloaded in place).
+    pub sealer: Sealer,
+    /// `[admin] audit_log`, when set.
+    pub audit: Option<AuditLog>,
 }
 
 /// Why the state could not be built.
@@ -32,6 +39,10 @@ pub enum BuildError {
     Store(#[from] LoadError),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
 }
@@ -49,15 +60,21 @@ impl AppState {
         resolver: Arc<dyn Resolve>,
     ) -> Result<Arc<Self>, BuildError> {
         let metrics = Metrics::new()?;
+        let sealer = sealer_for(&config)?;
+        let audit = match &config.admin.audit_log {
+            Some(path) => Some(AuditLog::open(path)?),
+            None => None,
+        };
         let backend: Box<dyn Backend> = match config.store.backend {
             StoreBackend::File => {
-                let file = FileBackend::new(config.store.path.clone());
+                let file = FileBackend::new(config.store.path.clone()).with_sealer(sealer.clone());
                 file.remove_stale_temp_files();
                 Box::new(file)
             }
             StoreBackend::Etcd => Box::new(
                 EtcdBackend::connect(&config.store.etcd, Some(metrics.store_backend.clone()))
-                    .await?,
+                    .await?
+                    .with_sealer(sealer.clone()),
             ),
         };
         let store = match backend.load(None).await {
@@ -85,6 +102,17 @@ impl AppState {
             metrics,
             egress,
             upstream,
+            sealer,
+            audit,
         }))
     }
+}
+
+/// The sealer `config` asks for: its keyring file read (plaintext without `[store] keyring`).
+pub fn sealer_for(config: &Config) -> Result<Sealer, KeyringError> {
+    let keyring = match &config.store.keyring {
+        Some(path) => Some(Keyring::load(path)?),
+        None => None,
+    };
+    Ok(Sealer::new(keyring, config.store.require_encryption))
 }

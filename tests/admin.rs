@@ -330,9 +330,10 @@ async fn validation_errors() {
             "invalid_request",
         ),
         (
+            // A caller's own secret is taken, in the scheme's format only (issue 20).
             json!({"url": "https://localhost/", "events": ["*"], "secret": "whsec_mine"}),
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
         ),
         (json!([1, 2]), StatusCode::BAD_REQUEST, "invalid_request"),
     ];
@@ -709,11 +710,18 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/webhooks",
         "/api/v1/webhooks/{uuid}",
         "/api/v1/webhooks/{uuid}/regenerate-secret",
+        "/api/v1/webhooks/{uuid}/revoke-previous",
         "/api/v1/webhooks/{uuid}/test",
         "/api/v1/webhooks/events",
     ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
+    // Issue 20: caller-supplied secrets and windows up to 7 days are in the document.
+    let schemas = &doc["components"]["schemas"];
+    assert!(schemas["CreateWebhook"]["properties"]["secret"].is_object());
+    let rotate = &schemas["RegenerateSecret"]["properties"];
+    assert!(rotate["secret"].is_object());
+    assert_eq!(rotate["previousSecretExpiresIn"]["maximum"], 604800);
     for method in ["get", "patch", "delete"] {
         assert!(
             paths["/api/v1/webhooks/{uuid}"].get(method).is_some(),

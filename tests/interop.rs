@@ -1,6 +1,7 @@
 //! Interop: deliveries signed by a running hooksign (in-process, recording TLS upstream) are
 //! verified by the receivers' own libraries: Python `standardwebhooks` 1.1.0, `stripe` 16.1.0,
-//! `cryptography` (Ed25519), and GitHub's documented HMAC snippet, through
+//! `cryptography` (Ed25519), and GitHub's documented HMAC snippet (also with ten previous keys
+//! signing at once, issue 20), through
 //! `tests/interop/verify.py`.
 //!
 //! Enabled by `HOOKSIGN_INTEROP_PYTHON`, the path of a Python with those packages (`.ci/run`
@@ -41,7 +42,29 @@ async fn receivers_libraries_verify_every_scheme() {
         }
     }
     let refs: Vec<&EndpointSpec> = endpoints.iter().map(|(_, e)| e).collect();
-    let server = TestServer::start(&ConfigSpec::new(Some(&pki)), &store_toml(&refs)).await;
+    let mut store = store_toml(&refs);
+    // Ten previous keys at once (issue 20): every receiver library accepts the delivery under
+    // each of the eleven keys.
+    let mut many = Vec::new();
+    for scheme in Scheme::ALL.into_iter().filter(|s| s.allows_overlap()) {
+        let endpoint = EndpointSpec::with_scheme(upstream.url("/in"), scheme);
+        let previous: Vec<String> = (0..10)
+            .map(|_| EndpointSpec::with_scheme("", scheme).secret)
+            .collect();
+        let expiries = vec!["\"2999-01-01T00:00:00Z\"".to_owned(); 10];
+        let quoted: Vec<String> = previous.iter().map(|p| format!("{p:?}")).collect();
+        store.push_str(&endpoint.toml().replacen(
+            "\nsecret = ",
+            &format!(
+                "\nprevious_secrets = [{}]\nprevious_secrets_expire_at = [{}]\nsecret = ",
+                quoted.join(", "),
+                expiries.join(", ")
+            ),
+            1,
+        ));
+        many.push((scheme, endpoint, previous));
+    }
+    let server = TestServer::start(&ConfigSpec::new(Some(&pki)), &store).await;
 
     let mut cases = Vec::new();
     for (scheme, endpoint) in &endpoints {
@@ -60,6 +83,30 @@ async fn receivers_libraries_verify_every_scheme() {
         if *scheme == Scheme::StandardWebhooksEd25519 {
             keys = keys.iter().map(|k| public_key(*scheme, k)).collect();
         }
+        cases.push(serde_json::json!({
+            "scheme": scheme.as_str(),
+            "body": std::str::from_utf8(&seen.body).unwrap(),
+            "headers": headers,
+            "keys": keys,
+        }));
+    }
+    for (scheme, endpoint, previous) in &many {
+        let reply = server
+            .deliver(&[("x-webhook-id", &endpoint.uuid)], BODY)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{scheme}: {}", reply.text());
+        let seen = upstream.requests().pop().unwrap();
+        let headers: serde_json::Map<String, serde_json::Value> = seen
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().into()))
+            .collect();
+        let mut keys = vec![endpoint.secret.clone()];
+        keys.extend(previous.iter().cloned());
+        if *scheme == Scheme::StandardWebhooksEd25519 {
+            keys = keys.iter().map(|k| public_key(*scheme, k)).collect();
+        }
+        assert_eq!(keys.len(), 11);
         cases.push(serde_json::json!({
             "scheme": scheme.as_str(),
             "body": std::str::from_utf8(&seen.body).unwrap(),
@@ -92,7 +139,7 @@ async fn receivers_libraries_verify_every_scheme() {
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok")).count(),
-        endpoints.len()
+        endpoints.len() + many.len()
     );
 }
 

@@ -54,6 +54,9 @@ pub enum AdminError {
     /// Written and in service, but the directory sync failed: 500 `store_not_durable`.
     #[error("{0}")]
     StoreNotDurable(String),
+    /// The write was made, but its audit line could not be appended: 500 `audit_log_failed`.
+    #[error("{0}")]
+    AuditFailed(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -80,7 +83,9 @@ impl AdminError {
             Self::StoreUnavailable(_) | Self::StoreNotLoaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::StoreWriteFailed(_) => StatusCode::INSUFFICIENT_STORAGE,
-            Self::StoreNotDurable(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreNotDurable(_) | Self::AuditFailed(_) | Self::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -101,6 +106,7 @@ impl AdminError {
             Self::StoreNotLoaded(_) => "store_not_loaded",
             Self::StoreWriteFailed(_) => "store_write_failed",
             Self::StoreNotDurable(_) => "store_not_durable",
+            Self::AuditFailed(_) => "audit_log_failed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -119,6 +125,10 @@ impl IntoResponse for AdminError {
             Self::StoreNotDurable(detail) => {
                 tracing::error!(error = %detail, "admin write not made durable");
                 detail.clone()
+            }
+            Self::AuditFailed(detail) => {
+                tracing::error!(error = %detail, "admin write made but not audited");
+                "the change was made and is in service, but appending it to the audit log failed; see the hooksign log".to_owned()
             }
             Self::Internal(detail) => {
                 tracing::error!(error = %detail, "admin request failed");

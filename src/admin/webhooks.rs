@@ -20,8 +20,10 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{AdminError, ApiJson};
 use super::idempotent::{body_of, replay, KeyedBody};
+use crate::audit::Entry;
 use crate::config::Permission;
 use crate::proxy::{self, ChunkBody};
+use crate::secret::Secret;
 use crate::signing::{Delivery, Scheme};
 use crate::state::AppState;
 use crate::store::{
@@ -59,6 +61,11 @@ pub struct CreateWebhook {
     /// Signing scheme; default `storno`.
     #[serde(default)]
     pub scheme: Option<String>,
+    /// The secret to sign with, in the scheme's format (to move an endpoint from another
+    /// provider); default: a new random one. Never logged nor quoted in an error.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<Secret>,
 }
 
 /// `PATCH /api/v1/webhooks/{uuid}`: every field optional.
@@ -75,9 +82,16 @@ pub struct UpdateWebhook {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RegenerateSecret {
-    /// Seconds the previous secret keeps signing beside the new one (0 to 86400; default 0).
+    /// Seconds the current secret keeps signing beside the new one (0 to 604800, 7 days;
+    /// default 0: every old secret stops at once). Up to 10 previous secrets sign at once.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
     pub previous_secret_expires_in: u64,
+    /// The new secret, in the scheme's format; default: a new random one. Never logged nor
+    /// quoted in an error.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub secret: Option<Secret>,
 }
 
 /// An endpoint as the API shows it.
@@ -106,9 +120,12 @@ pub struct WebhookView {
     /// The Ed25519 public key (`whpk_…`) receivers verify with; `standard-webhooks-ed25519` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_key: Option<String>,
-    /// While an overlap window is open: when the previous secret stops signing.
+    /// While an overlap window is open: when the last previous secret stops signing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_secret_expires_at: Option<String>,
+    /// While overlap windows are open: when each previous secret stops signing, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_secrets_expire_at: Option<Vec<String>>,
     /// The client certificate deliveries present (mutual TLS), when set; its key is never shown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_certificate: Option<ClientCertificateView>,
@@ -198,6 +215,9 @@ impl WebhookView {
             previous_secret_expires_at: endpoint
                 .overlap_expires_at(SystemTime::now())
                 .map(store::format_time),
+            previous_secrets_expire_at: Some(endpoint.open_windows(SystemTime::now()))
+                .filter(|open| !open.is_empty())
+                .map(|open| open.into_iter().map(store::format_time).collect()),
             client_certificate: endpoint.client_certificate.as_ref().map(|cert| {
                 ClientCertificateView {
                     subject: cert.subject.clone(),
@@ -239,9 +259,17 @@ pub async fn create(
             AdminError::Validation(err.to_string())
         })?,
     };
-    let secret = scheme
-        .generate_secret()
-        .map_err(|err| AdminError::Internal(err.to_string()))?;
+    let secret = match body.secret {
+        Some(secret) => {
+            scheme.check_secret(&secret).map_err(|err| {
+                AdminError::Validation(format!("secret: {err} for the {scheme} scheme"))
+            })?;
+            secret
+        }
+        None => scheme
+            .generate_secret()
+            .map_err(|err| AdminError::Internal(err.to_string()))?,
+    };
     let uuid = Uuid::new_v4();
     let now = now_text();
     let record = EndpointRecord {
@@ -259,6 +287,8 @@ pub async fn create(
         .to_owned(),
         scheme: scheme.as_str().to_owned(),
         secret,
+        previous_secrets: Vec::new(),
+        previous_secrets_expire_at: Vec::new(),
         previous_secret: None,
         previous_secret_expires_at: None,
         created_at: Some(now.clone()),
@@ -278,11 +308,22 @@ pub async fn create(
             move |_| Ok::<_, AdminError>((Edit::put(record), ())),
             move |next, ()| (201, body_of(&revealed(next, uuid, company))),
         )
-        .await?;
+        .await;
+    audit_unsynced(
+        &state,
+        &caller,
+        uuid,
+        "create",
+        request.key.as_deref(),
+        &written,
+    )
+    .await?;
+    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
     };
+    audit(&state, &caller, uuid, "create", request.key.as_deref()).await?;
     tracing::info!(endpoint = %uuid, company = %caller.company, token = %caller.token_name, "endpoint created");
     let view = view_in(&snapshot, uuid, company, true)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -396,12 +437,15 @@ pub async fn update(
             record.updated_at = Some(now_text());
             Ok::<_, AdminError>((Edit::put(record), ()))
         })
-        .await?;
+        .await;
+    audit_unsynced(&state, &caller, uuid, "update", None, &written).await?;
+    let written = written?;
     if reactivated {
         if let Some(endpoint) = written.snapshot.get(&uuid) {
             endpoint.stats.reset_failures();
         }
     }
+    audit(&state, &caller, uuid, "update", None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint updated");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
@@ -425,13 +469,16 @@ pub async fn delete(
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let company = caller.company;
-    state
+    let written = state
         .store
         .update(move |snapshot| {
             find_record(snapshot, uuid, company)?;
             Ok::<_, AdminError>((Edit::delete(uuid), ()))
         })
-        .await?;
+        .await;
+    audit_unsynced(&state, &caller, uuid, "delete", None, &written).await?;
+    written?;
+    audit(&state, &caller, uuid, "delete", None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -461,31 +508,84 @@ pub async fn regenerate_secret(
     let uuid = parse_uuid(&uuid)?;
     let body: RegenerateSecret = request.json_or_default()?;
     let window = Duration::from_secs(body.previous_secret_expires_in);
+    let supplied = body.secret;
     let company = caller.company;
-    let written =
-        state
-            .store
-            .update_keyed(
-                request.scoped(company),
-                move |snapshot| {
-                    let record = find_record(snapshot, uuid, company)?;
-                    let rotated = store::rotate(&record, window, OffsetDateTime::now_utc())
-                        .map_err(|err| match err {
-                            RotateError::Random(err) => AdminError::Internal(err.to_string()),
-                            other => AdminError::Validation(other.to_string()),
-                        })?;
-                    Ok::<_, AdminError>((Edit::put(rotated), ()))
-                },
-                move |next, ()| (200, body_of(&revealed(next, uuid, company))),
-            )
-            .await?;
+    let written = state
+        .store
+        .update_keyed(
+            request.scoped(company),
+            move |snapshot| {
+                let record = find_record(snapshot, uuid, company)?;
+                let rotated = store::rotate(&record, window, OffsetDateTime::now_utc(), supplied)
+                    .map_err(|err| match err {
+                    RotateError::Random(err) => AdminError::Internal(err.to_string()),
+                    other => AdminError::Validation(other.to_string()),
+                })?;
+                Ok::<_, AdminError>((Edit::put(rotated), ()))
+            },
+            move |next, ()| (200, body_of(&revealed(next, uuid, company))),
+        )
+        .await;
+    audit_unsynced(
+        &state,
+        &caller,
+        uuid,
+        "regenerate_secret",
+        request.key.as_deref(),
+        &written,
+    )
+    .await?;
+    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
     };
     state.metrics.secret_rotations.inc();
+    audit(
+        &state,
+        &caller,
+        uuid,
+        "regenerate_secret",
+        request.key.as_deref(),
+    )
+    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "secret regenerated");
     Ok(Json(view_in(&snapshot, uuid, company, true)?).into_response())
+}
+
+/// End every overlap window now: only the current secret signs deliveries that start after
+/// this response.
+#[utoipa::path(post, path = "/api/v1/webhooks/{uuid}/revoke-previous", tag = "webhooks",
+    params(("uuid" = String, Path, description = "Endpoint uuid"),
+           ("X-Company" = Uuid, Header, description = "Company the endpoint belongs to")),
+    responses(
+        (status = 200, description = "The endpoint, secret masked, with no open window", body = WebhookView),
+        (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+    ),
+    security(("bearer" = [])))]
+pub async fn revoke_previous(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(uuid): Path<String>,
+) -> Result<Json<WebhookView>, AdminError> {
+    caller.require(Permission::Manage)?;
+    let uuid = parse_uuid(&uuid)?;
+    let company = caller.company;
+    let written = state
+        .store
+        .update(move |snapshot| {
+            let record = find_record(snapshot, uuid, company)?;
+            let revoked = store::revoke_previous(&record, OffsetDateTime::now_utc());
+            Ok::<_, AdminError>((Edit::put(revoked), ()))
+        })
+        .await;
+    audit_unsynced(&state, &caller, uuid, "revoke_previous", None, &written).await?;
+    let written = written?;
+    audit(&state, &caller, uuid, "revoke_previous", None).await?;
+    tracing::info!(endpoint = %uuid, token = %caller.token_name, "previous secrets revoked");
+    Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
 
 /// Send a signed `webhook.test` event to the endpoint now, through the delivery path.
@@ -623,6 +723,46 @@ pub async fn events(
 }
 
 // === helpers ===
+
+/// A write that failed with `store_not_durable` was still made (it is in service): audit it
+/// before the error goes out.
+async fn audit_unsynced<T>(
+    state: &AppState,
+    caller: &Caller,
+    endpoint: Uuid,
+    action: &'static str,
+    idempotency_key: Option<&str>,
+    result: &Result<T, AdminError>,
+) -> Result<(), AdminError> {
+    if let Err(AdminError::StoreNotDurable(_)) = result {
+        audit(state, caller, endpoint, action, idempotency_key).await?;
+    }
+    Ok(())
+}
+
+/// Appends the audit line of a write that was made (when `[admin] audit_log` is set), durably,
+/// before the response goes out.
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    endpoint: Uuid,
+    action: &'static str,
+    idempotency_key: Option<&str>,
+) -> Result<(), AdminError> {
+    let Some(log) = &state.audit else {
+        return Ok(());
+    };
+    log.append(Entry {
+        token: caller.token_name.clone(),
+        company: caller.company.to_string(),
+        endpoint: endpoint.to_string(),
+        action,
+        idempotency_key: idempotency_key.map(str::to_owned),
+        key_name: state.sealer.primary(),
+    })
+    .await
+    .map_err(|err| AdminError::AuditFailed(crate::error_chain::error_chain(&err)))
+}
 
 /// `whsec_••••…` (or `whsk_••••…` for a private key): the prefix, never a character of the key.
 fn masked(secret: &str) -> String {

@@ -77,6 +77,8 @@ pub enum KeyError {
     PublicKey,
     #[error("the {0} scheme allows no previous secret: its receivers compare one signature")]
     NoOverlap(Scheme),
+    #[error("at most {MAX_PREVIOUS_KEYS} previous secrets sign at once")]
+    TooManyPrevious,
 }
 
 impl Scheme {
@@ -251,9 +253,13 @@ pub fn unix_now() -> u64 {
 pub struct EndpointSigner {
     scheme: Scheme,
     current: Key,
-    /// Boxed: only endpoints inside an overlap window pay for a second keyed state.
-    previous: Option<Box<Previous>>,
+    /// The previous keys of overlap windows, newest first (empty for most endpoints: an empty
+    /// `Vec` allocates nothing).
+    previous: Vec<Previous>,
 }
+
+/// The most previous keys an endpoint holds at once (each with its own window).
+pub const MAX_PREVIOUS_KEYS: usize = 10;
 
 #[derive(Clone)]
 struct Previous {
@@ -302,20 +308,24 @@ impl EndpointSigner {
         Ok(Self {
             scheme,
             current: Key::new(scheme, secret)?,
-            previous: None,
+            previous: Vec::new(),
         })
     }
 
-    /// Adds the previous key of an overlap window, used for deliveries before `expires_at`
-    /// (unix seconds). Refused for schemes that allow no overlap.
+    /// Adds a previous key of an overlap window (after those added before), used for
+    /// deliveries before `expires_at` (unix seconds). Refused for schemes that allow no overlap,
+    /// and past [`MAX_PREVIOUS_KEYS`].
     pub fn with_previous(mut self, secret: &Secret, expires_at: u64) -> Result<Self, KeyError> {
         if !self.scheme.allows_overlap() {
             return Err(KeyError::NoOverlap(self.scheme));
         }
-        self.previous = Some(Box::new(Previous {
+        if self.previous.len() >= MAX_PREVIOUS_KEYS {
+            return Err(KeyError::TooManyPrevious);
+        }
+        self.previous.push(Previous {
             key: Key::new(self.scheme, secret)?,
             expires_at,
-        }));
+        });
         Ok(self)
     }
 
@@ -335,17 +345,18 @@ impl EndpointSigner {
     /// Whether a delivery at `timestamp` (unix seconds) is also signed with the previous key.
     pub fn overlap_open_at(&self, timestamp: u64) -> bool {
         self.previous
-            .as_ref()
-            .is_some_and(|previous| timestamp < previous.expires_at)
+            .iter()
+            .any(|previous| timestamp < previous.expires_at)
     }
 
     /// Starts signing one delivery: clones of the keyed state with the signed prefix fed.
     pub fn begin(&self, delivery: &Delivery) -> BodySigner {
         let previous = self
             .previous
-            .as_ref()
+            .iter()
             .filter(|previous| delivery.timestamp < previous.expires_at)
-            .map(|previous| previous.key.begin(self.scheme, delivery));
+            .map(|previous| previous.key.begin(self.scheme, delivery))
+            .collect();
         BodySigner {
             scheme: self.scheme,
             delivery: delivery.clone(),
@@ -369,7 +380,7 @@ impl fmt::Debug for EndpointSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EndpointSigner")
             .field("scheme", &self.scheme)
-            .field("overlap", &self.previous.is_some())
+            .field("previous_keys", &self.previous.len())
             .finish_non_exhaustive()
     }
 }
@@ -381,7 +392,8 @@ pub struct BodySigner {
     scheme: Scheme,
     delivery: Delivery,
     current: State,
-    previous: Option<State>,
+    /// The previous keys whose windows are open at the delivery's timestamp, newest first.
+    previous: Vec<State>,
     /// The body's chunks, kept (by reference count, not copied) for Ed25519 only.
     chunks: Vec<Bytes>,
 }
@@ -398,7 +410,7 @@ impl BodySigner {
             self.chunks.push(chunk.clone());
             return;
         }
-        for state in std::iter::once(&mut self.current).chain(self.previous.as_mut()) {
+        for state in std::iter::once(&mut self.current).chain(self.previous.iter_mut()) {
             if let State::Mac(mac) = state {
                 mac.update(chunk);
             }
@@ -407,7 +419,7 @@ impl BodySigner {
 
     /// Whether this delivery carries a previous key's signature too.
     pub fn overlapping(&self) -> bool {
-        self.previous.is_some()
+        !self.previous.is_empty()
     }
 
     /// Finishes into the scheme's headers, replacing any of the same name in `headers`.

@@ -16,6 +16,9 @@
 //!   `load`, or a watch response through [`Store::apply`]), and an event is applied only if its
 //!   revision is newer than what is known for its key (deleted keys are remembered), so echoes of
 //!   this replica's own writes and stale events change nothing.
+//! - With a keyring, every value's secrets are sealed ([`super::crypt`]) before it is written
+//!   and opened when it is read (at load and for each watch event); [`EtcdBackend::rekey`]
+//!   re-encrypts the values not under the primary key, in guarded transactions.
 //! - When etcd cannot be reached, deliveries go on with the last snapshot; writes fail with
 //!   [`WriteError::Unavailable`] (503); the watch retries with backoff and, once back, reloads the
 //!   whole prefix (also after a compaction) before watching again.
@@ -33,6 +36,7 @@ use etcd_client::{
 use tokio_util::sync::CancellationToken;
 use zeroize::Zeroizing;
 
+use super::crypt::{RekeyError, Sealer, REKEY_ATTEMPTS};
 use super::idempotency::{self, IdempotencyKey, Recorded, StoredIdempotency};
 use super::{
     Backend, BackendError, BackendFuture, Edit, Endpoint, EndpointRecord, LoadError, Snapshot,
@@ -65,6 +69,8 @@ pub struct EtcdBackend {
     /// Shared with the writer task, which applies watch events to it.
     state: Arc<Mutex<State>>,
     metrics: Option<StoreBackendMetrics>,
+    /// How secrets are kept in the values.
+    sealer: Sealer,
 }
 
 /// This replica's view of the prefix.
@@ -88,6 +94,8 @@ struct ReadKey {
     key: String,
     mod_revision: i64,
     record: Result<EndpointRecord, String>,
+    /// Whether the value is all under the primary key (or there is no keyring).
+    current: bool,
 }
 
 impl EtcdBackend {
@@ -130,7 +138,14 @@ impl EtcdBackend {
             max_message_bytes: config.max_message_bytes,
             state: Arc::new(Mutex::new(State::default())),
             metrics,
+            sealer: Sealer::plaintext(),
         })
+    }
+
+    /// This backend sealing and opening secrets with `sealer`.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
     }
 
     /// The key that holds the endpoint `uuid`.
@@ -192,7 +207,7 @@ impl EtcdBackend {
             for record in chunk {
                 ops.push(TxnOp::put(
                     self.key_of(&record.uuid),
-                    encode(record)?.to_vec(),
+                    encode(record, &self.sealer)?.to_vec(),
                     None,
                 ));
             }
@@ -203,6 +218,125 @@ impl EtcdBackend {
             written += chunk.len();
         }
         Ok(written)
+    }
+
+    /// `hooksign store rekey`: re-encrypts under the primary key every endpoint value that is not
+    /// all under it (plaintext ones too), then every recorded idempotency answer, in transactions
+    /// of at most [`MAX_TXN_OPS`] keys. Each key is guarded by the revision it was read at, so a
+    /// change another writer made meanwhile is never overwritten: that key is read again in the
+    /// next pass. A crash loses nothing (each transaction is atomic; a rerun does what is left).
+    /// `progress(done, total)` is called after every transaction; returns how many were rewritten.
+    pub async fn rekey(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize, RekeyError> {
+        let Some(primary) = self.sealer.primary() else {
+            return Err(RekeyError::NoKeyring);
+        };
+        let mut done = 0;
+        for _ in 0..REKEY_ATTEMPTS {
+            let (_, read) = self.read_all().await?;
+            let mut problems = Vec::new();
+            let mut stale = Vec::new();
+            for key in read {
+                match key.record {
+                    Ok(record) if !key.current => stale.push((key.key, key.mod_revision, record)),
+                    Ok(_) => {}
+                    Err(why) => problems.push(format!("{}: {why}", key.key)),
+                }
+            }
+            if !problems.is_empty() {
+                return Err(self.invalid(problems).into());
+            }
+            let answers = self.stale_answers(&primary).await?;
+            if stale.is_empty() && answers.is_empty() {
+                progress(done, done);
+                return Ok(done);
+            }
+            let total = done + stale.len() + answers.len();
+            progress(done, total);
+            for chunk in stale.chunks(MAX_TXN_OPS) {
+                let mut compares = Vec::with_capacity(chunk.len());
+                let mut ops = Vec::with_capacity(chunk.len());
+                for (key, revision, record) in chunk {
+                    compares.push(Compare::mod_revision(
+                        key.clone(),
+                        CompareOp::Equal,
+                        *revision,
+                    ));
+                    ops.push(TxnOp::put(
+                        key.clone(),
+                        encode(record, &self.sealer)?.to_vec(),
+                        None,
+                    ));
+                }
+                if self.guarded(compares, ops).await? {
+                    done += chunk.len();
+                    progress(done, total);
+                }
+            }
+            for (key, revision, lease, stored) in answers {
+                let sealed = self
+                    .sealer
+                    .seal_idempotency(stored)
+                    .map_err(|err| WriteError::Serialize(err.to_string()))?;
+                let value = serde_json::to_vec(&sealed)
+                    .map(Zeroizing::new)
+                    .map_err(|err| WriteError::Serialize(err.to_string()))?;
+                let options = (lease != 0).then(|| PutOptions::new().with_lease(lease));
+                let compare = Compare::mod_revision(key.clone(), CompareOp::Equal, revision);
+                if self
+                    .guarded(
+                        vec![compare],
+                        vec![TxnOp::put(key, value.to_vec(), options)],
+                    )
+                    .await?
+                {
+                    done += 1;
+                    progress(done, total);
+                }
+            }
+        }
+        Err(RekeyError::Contended(REKEY_ATTEMPTS))
+    }
+
+    /// Runs one guarded transaction; whether its guards held.
+    async fn guarded(&self, compares: Vec<Compare>, ops: Vec<TxnOp>) -> Result<bool, WriteError> {
+        let mut kv = self.client.kv_client();
+        let response = with_timeout(kv.txn(Txn::new().when(compares).and_then(ops)))
+            .await
+            .map_err(WriteError::from)?;
+        Ok(response.succeeded())
+    }
+
+    /// The recorded idempotency answers whose body is not under `primary` (key, revision,
+    /// lease, the record opened); records that do not open are left to expire (logged).
+    async fn stale_answers(
+        &self,
+        primary: &str,
+    ) -> Result<Vec<(String, i64, i64, StoredIdempotency)>, WriteError> {
+        let prefix = format!("{}idempotency/", self.prefix());
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(self.max_message_bytes);
+        let response = with_timeout(kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await
+            .map_err(WriteError::from)?;
+        let mut stale = Vec::new();
+        for kv in response.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Ok(stored) = serde_json::from_slice::<StoredIdempotency>(kv.value()) else {
+                continue;
+            };
+            if crate::keyring::key_name_of(&stored.body) == Some(primary) {
+                continue;
+            }
+            match self.sealer.open_idempotency(stored) {
+                Ok(opened) => stale.push((key, kv.mod_revision(), kv.lease(), opened)),
+                Err(why) => {
+                    tracing::warn!(key = %key, problem = %why, "idempotency record not re-encrypted; it expires within 24 h")
+                }
+            }
+        }
+        Ok(stale)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -246,14 +380,19 @@ impl EtcdBackend {
             let page = response.kvs();
             for kv in page {
                 let key = String::from_utf8_lossy(kv.key()).into_owned();
-                let record = match key.strip_prefix(&self.keys) {
-                    Some(uuid) => decode(uuid, kv.value()),
+                let decoded = match key.strip_prefix(&self.keys) {
+                    Some(uuid) => decode(uuid, kv.value(), &self.sealer),
                     None => Err("not an endpoint key".to_owned()),
+                };
+                let (record, current) = match decoded {
+                    Ok((record, current)) => (Ok(record), current),
+                    Err(why) => (Err(why), true),
                 };
                 read.push(ReadKey {
                     key,
                     mod_revision: kv.mod_revision(),
                     record,
+                    current,
                 });
             }
             match page.last() {
@@ -279,6 +418,7 @@ struct Follow {
     keys: String,
     label: String,
     state: Arc<Mutex<State>>,
+    sealer: Sealer,
 }
 
 impl Follow {
@@ -309,8 +449,8 @@ impl Follow {
                         edit.deletes.push(uuid);
                     }
                 }
-                EventType::Put => match decode(uuid, kv.value()) {
-                    Ok(record) => {
+                EventType::Put => match decode(uuid, kv.value(), &self.sealer) {
+                    Ok((record, _)) => {
                         entry.record = Some(record.clone());
                         edit.puts.push(record);
                     }
@@ -403,6 +543,7 @@ impl EtcdBackend {
                 keys: self.keys.clone(),
                 label: self.label.clone(),
                 state: Arc::clone(&self.state),
+                sealer: self.sealer.clone(),
             };
             let applied = store
                 .apply(move |current| follow.apply_events(response.events(), current))
@@ -518,13 +659,12 @@ impl Backend for EtcdBackend {
                 for record in edit.puts() {
                     let key = self.key_of(&record.uuid);
                     let record = stripped(record);
-                    let value = encode(&record)?;
                     match state.entries.get(&key) {
                         Some(Entry {
                             record: Some(old),
                             mod_revision,
                         }) => {
-                            if *encode(old)? == *value {
+                            if *old == record {
                                 continue;
                             }
                             compares.push(Compare::mod_revision(
@@ -539,6 +679,7 @@ impl Backend for EtcdBackend {
                             0,
                         )),
                     }
+                    let value = encode(&record, &self.sealer)?;
                     ops.push(TxnOp::put(key.clone(), value.to_vec(), None));
                     puts.push((key, record));
                 }
@@ -557,7 +698,11 @@ impl Backend for EtcdBackend {
             }
             if let Some(recorded) = edit.recorded() {
                 let key = self.idempotency_key_of(&recorded.key);
-                let value = serde_json::to_vec(&recorded.stored())
+                let stored = self
+                    .sealer
+                    .seal_idempotency(recorded.stored())
+                    .map_err(|err| WriteError::Serialize(err.to_string()))?;
+                let value = serde_json::to_vec(&stored)
                     .map(Zeroizing::new)
                     .map_err(|err| WriteError::Serialize(err.to_string()))?;
                 let lease = self.idempotency_lease().await?;
@@ -629,6 +774,7 @@ impl Backend for EtcdBackend {
             };
             let recorded = serde_json::from_slice::<StoredIdempotency>(found.value())
                 .map_err(|err| err.to_string())
+                .and_then(|stored| self.sealer.open_idempotency(stored))
                 .and_then(StoredIdempotency::parse);
             match recorded {
                 Ok(recorded) if recorded.key == *key => Ok(Some(recorded)),
@@ -711,16 +857,20 @@ pub fn stripped(record: &EndpointRecord) -> EndpointRecord {
     record.without_delivery_records()
 }
 
-/// The value stored for a record: JSON, delivery records stripped.
-fn encode(record: &EndpointRecord) -> Result<Zeroizing<Vec<u8>>, WriteError> {
-    serde_json::to_vec(&stripped(record))
+/// The value stored for a record: JSON, delivery records stripped, secrets sealed.
+fn encode(record: &EndpointRecord, sealer: &Sealer) -> Result<Zeroizing<Vec<u8>>, WriteError> {
+    let sealed = sealer
+        .seal_record(&stripped(record))
+        .map_err(|err| WriteError::Serialize(err.to_string()))?;
+    serde_json::to_vec(&sealed)
         .map(Zeroizing::new)
         .map_err(|err| WriteError::Serialize(err.to_string()))
 }
 
-/// Parses a value (JSON, or TOML for a hand-written key) and checks it is a valid endpoint whose
-/// uuid is its key's. Messages never quote the value (it holds a secret).
-fn decode(uuid: &str, value: &[u8]) -> Result<EndpointRecord, String> {
+/// Parses a value (JSON, or TOML for a hand-written key), opens its secrets and checks it is a
+/// valid endpoint whose uuid is its key's; with whether it is all under the primary key.
+/// Messages never quote the value (it holds a secret).
+fn decode(uuid: &str, value: &[u8], sealer: &Sealer) -> Result<(EndpointRecord, bool), String> {
     let text = std::str::from_utf8(value).map_err(|_| "the value is not UTF-8".to_owned())?;
     let record: EndpointRecord = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|err| {
@@ -737,9 +887,14 @@ fn decode(uuid: &str, value: &[u8]) -> Result<EndpointRecord, String> {
     if record.uuid != uuid {
         return Err("the record's uuid is not its key's".to_owned());
     }
+    let current = sealer.is_current(&record);
+    let record = sealer
+        .open_record(record)
+        .map_err(|(field, why)| format!("{field}: {why}"))?
+        .record;
     Endpoint::from_record(record.clone(), None)
         .map_err(|(field, why)| format!("{field}: {why}"))?;
-    Ok(record)
+    Ok((record, current))
 }
 
 fn sort_records(records: &mut [EndpointRecord]) {
@@ -831,6 +986,8 @@ mod tests {
             status: "active".into(),
             scheme: "storno".into(),
             secret: Secret::new(format!("whsec_{}", "ab".repeat(32))),
+            previous_secrets: Vec::new(),
+            previous_secrets_expire_at: Vec::new(),
             previous_secret: None,
             previous_secret_expires_at: None,
             created_at: Some("2026-02-18T10:00:00Z".into()),
@@ -846,11 +1003,11 @@ mod tests {
 
     #[test]
     fn values_carry_no_delivery_records_and_round_trip() {
-        let value = encode(&record()).unwrap();
+        let value = encode(&record(), &Sealer::plaintext()).unwrap();
         let text = std::str::from_utf8(&value).unwrap();
         assert!(!text.contains("deliveries_count"), "{text}");
         assert!(!text.contains("last_delivery"), "{text}");
-        let back = decode(&record().uuid, &value).unwrap();
+        let (back, _) = decode(&record().uuid, &value, &Sealer::plaintext()).unwrap();
         assert_eq!(back.secret, record().secret);
         assert_eq!(back.deliveries_count, 0);
     }
@@ -858,19 +1015,21 @@ mod tests {
     #[test]
     fn toml_values_are_read_and_bad_values_never_quote_the_secret() {
         let toml = toml::to_string(&stripped(&record())).unwrap();
-        assert!(decode(&record().uuid, toml.as_bytes()).is_ok());
-        assert!(
-            decode("b1b2c3d4-e5f6-7890-abcd-ef1234567890", toml.as_bytes())
-                .unwrap_err()
-                .contains("uuid")
-        );
+        assert!(decode(&record().uuid, toml.as_bytes(), &Sealer::plaintext()).is_ok());
+        assert!(decode(
+            "b1b2c3d4-e5f6-7890-abcd-ef1234567890",
+            toml.as_bytes(),
+            &Sealer::plaintext()
+        )
+        .unwrap_err()
+        .contains("uuid"));
         let broken = toml.replace("secret = \"", "secret = ");
-        let why = decode(&record().uuid, broken.as_bytes()).unwrap_err();
+        let why = decode(&record().uuid, broken.as_bytes(), &Sealer::plaintext()).unwrap_err();
         assert!(!why.contains("abab"), "{why}");
         let mut short = record();
         short.secret = Secret::new("whsec_abab");
         let json = serde_json::to_vec(&short).unwrap();
-        let why = decode(&record().uuid, &json).unwrap_err();
+        let why = decode(&record().uuid, &json, &Sealer::plaintext()).unwrap_err();
         assert!(why.starts_with("secret"), "{why}");
         assert!(!why.contains("abab"), "{why}");
     }

@@ -9,6 +9,10 @@
 //! start. The SHA-256 of what hooksign last read or wrote is kept, so an edit made by someone
 //! else is noticed before the next write builds on it, and hooksign's own writes are told apart
 //! from outside edits.
+//!
+//! With a keyring, secrets are sealed in the file ([`super::crypt`]): each endpoint's sealed text
+//! is reused on later writes, so a write encrypts only what changed (or what is not under the
+//! primary key yet: after a new primary, the next write re-encrypts the rest).
 
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +23,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::crypt::{RekeyError, Sealer, REKEY_ATTEMPTS};
 use super::idempotency::{IdempotencyLog, StoredIdempotency};
 use super::{
     toml_out, Backend, BackendFuture, Edit, EndpointRecord, LoadError, Snapshot, WriteError,
@@ -34,6 +39,8 @@ pub struct FileBackend {
     path: PathBuf,
     /// SHA-256 of the content hooksign last read or wrote (`None`: no file).
     known: Mutex<Option<[u8; 32]>>,
+    /// How secrets are kept in the file.
+    sealer: Sealer,
 }
 
 #[derive(Deserialize)]
@@ -61,7 +68,19 @@ impl FileBackend {
         Self {
             path: path.into(),
             known: Mutex::new(None),
+            sealer: Sealer::plaintext(),
         }
+    }
+
+    /// This backend sealing and opening secrets with `sealer`.
+    pub fn with_sealer(mut self, sealer: Sealer) -> Self {
+        self.sealer = sealer;
+        self
+    }
+
+    /// How secrets are kept in the file.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     /// The store file's path.
@@ -71,7 +90,7 @@ impl FileBackend {
 
     /// Reads and validates the file. A missing file is `Ok(None)`.
     pub fn load_file(&self) -> Result<Option<Snapshot>, LoadError> {
-        let loaded = read_and_parse(&self.path, None)?;
+        let loaded = read_and_parse(&self.path, None, &self.sealer)?;
         Ok(self.remember_loaded(loaded))
     }
 
@@ -82,7 +101,9 @@ impl FileBackend {
         previous: Option<Arc<Snapshot>>,
     ) -> Result<Option<Snapshot>, LoadError> {
         let path = self.path.clone();
-        let loaded = super::off_runtime(move || read_and_parse(&path, previous.as_deref())).await?;
+        let sealer = self.sealer.clone();
+        let loaded =
+            super::off_runtime(move || read_and_parse(&path, previous.as_deref(), &sealer)).await?;
         Ok(self.remember_loaded(loaded))
     }
 
@@ -152,18 +173,99 @@ impl FileBackend {
 
     /// Makes `records` the whole store file, durably (`hooksign store export`).
     pub async fn write_records(&self, records: Vec<EndpointRecord>) -> Result<(), WriteError> {
-        self.write_off_runtime(move || render(&records)).await
+        let sealer = self.sealer.clone();
+        self.write_off_runtime(move || {
+            let sealed = records
+                .iter()
+                .map(|record| sealer.seal_record(record))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| WriteError::Serialize(err.to_string()))?;
+            Ok(render(&sealed))
+        })
+        .await
+    }
+
+    /// Writes `snapshot` as the whole file, re-encrypting every endpoint not under the primary
+    /// key, only if the file is still the `expected` content (`hooksign store rekey`; it refuses
+    /// rather than overwrite a change made meanwhile). Returns how many endpoints were sealed.
+    pub fn rewrite_if_unchanged(
+        &self,
+        snapshot: &Snapshot,
+        expected: Option<[u8; 32]>,
+    ) -> Result<usize, WriteError> {
+        let sealed = self
+            .sealer
+            .prepare(&snapshot.endpoints)
+            .map_err(|err| WriteError::Serialize(err.to_string()))?;
+        let text = toml_out::render_endpoints(
+            HEADER,
+            &snapshot.endpoints,
+            &snapshot.idempotency.live(),
+            &self.sealer,
+        )
+        .map_err(|err| WriteError::Serialize(err.to_string()))?;
+        // Under the store's lock, so a write the server makes cannot land between this check and
+        // the rename (and then be overwritten).
+        let _lock = lock_store(&self.path).map_err(classify_write_error)?;
+        // No other hooksign is writing now (it would hold the lock): a temp file here was left
+        // by an interrupted write, such as an earlier rekey killed mid-way.
+        self.remove_stale_temp_files();
+        if digest_of(&self.path)? != expected {
+            return Err(WriteError::Contended(format!(
+                "{} (changed while it was being re-encrypted)",
+                self.path.display()
+            )));
+        }
+        write_locked(&self.path, &text)?;
+        Ok(sealed)
+    }
+
+    /// The SHA-256 of the file as it is now (`None`: no file).
+    pub fn digest(&self) -> io::Result<Option<[u8; 32]>> {
+        digest_of(&self.path)
+    }
+
+    /// `hooksign store rekey`: re-encrypts every endpoint (and recorded answer) under the primary
+    /// key in one durable write (the rename makes it all or nothing: a crash at any instant
+    /// leaves the old file or the new one). If the file changes meanwhile it reads it again.
+    /// `progress(done, total)` is called before and after; returns how many were re-encrypted.
+    pub fn rekey(&self, mut progress: impl FnMut(usize, usize)) -> Result<usize, RekeyError> {
+        if self.sealer.keyring().is_none() {
+            return Err(RekeyError::NoKeyring);
+        }
+        let primary = self.sealer.primary();
+        for _ in 0..REKEY_ATTEMPTS {
+            let expected = self.digest().map_err(WriteError::Io)?;
+            let Some(snapshot) = self.load_file()? else {
+                progress(0, 0);
+                return Ok(0);
+            };
+            let stale = snapshot
+                .endpoints()
+                .filter(|endpoint| Sealer::key_of(endpoint) != primary)
+                .count();
+            progress(0, stale);
+            match self.rewrite_if_unchanged(&snapshot, expected) {
+                Ok(sealed) => {
+                    progress(sealed, stale);
+                    return Ok(sealed);
+                }
+                Err(WriteError::Contended(_)) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RekeyError::Contended(REKEY_ATTEMPTS))
     }
 
     /// Renders and writes the store on a blocking thread (rendering a large store and fsync both
     /// block), then remembers what was written.
     fn write_off_runtime(
         &self,
-        render: impl FnOnce() -> Zeroizing<String> + Send + 'static,
+        render: impl FnOnce() -> Result<Zeroizing<String>, WriteError> + Send + 'static,
     ) -> BackendFuture<'_, Result<(), WriteError>> {
         Box::pin(async move {
             let path = self.path.clone();
-            let digest = tokio::task::spawn_blocking(move || write_durably(&path, &render()))
+            let digest = tokio::task::spawn_blocking(move || write_durably(&path, &render()?))
                 .await
                 .map_err(|err| WriteError::Io(io::Error::other(err.to_string())))??;
             self.set_known(Some(digest));
@@ -221,8 +323,18 @@ impl Backend for FileBackend {
         &self,
         snapshot: Arc<Snapshot>,
     ) -> BackendFuture<'_, Result<(), WriteError>> {
+        let sealer = self.sealer.clone();
         self.write_off_runtime(move || {
-            toml_out::render_endpoints(HEADER, &snapshot.endpoints, &snapshot.idempotency.live())
+            sealer
+                .prepare(&snapshot.endpoints)
+                .map_err(|err| WriteError::Serialize(err.to_string()))?;
+            toml_out::render_endpoints(
+                HEADER,
+                &snapshot.endpoints,
+                &snapshot.idempotency.live(),
+                &sealer,
+            )
+            .map_err(|err| WriteError::Serialize(err.to_string()))
         })
     }
 }
@@ -232,8 +344,27 @@ pub fn render(records: &[EndpointRecord]) -> Zeroizing<String> {
     super::toml_out::render(HEADER, records)
 }
 
-/// Writes the whole store durably; the SHA-256 of what was written.
+/// Writes the whole store durably, under the store's lock; the SHA-256 of what was written.
 fn write_durably(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
+    let _lock = lock_store(path).map_err(classify_write_error)?;
+    write_locked(path, text)
+}
+
+/// An exclusive lock (`flock`) on the store's directory, held while the returned handle is
+/// open: every hooksign process that writes the file (the server, `hooksign store rekey`) takes
+/// it around its rename, so one never renames over a write it has not seen. No file is created.
+fn lock_store(path: &Path) -> io::Result<std::fs::File> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let handle = std::fs::File::open(dir)?;
+    handle.lock()?;
+    Ok(handle)
+}
+
+/// [`write_durably`] with the lock already held.
+fn write_locked(path: &Path, text: &str) -> Result<[u8; 32], WriteError> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -304,6 +435,7 @@ fn digest_of(path: &Path) -> io::Result<Option<[u8; 32]>> {
 fn read_and_parse(
     path: &Path,
     previous: Option<&Snapshot>,
+    sealer: &Sealer,
 ) -> Result<Option<([u8; 32], Snapshot)>, LoadError> {
     let shown = path.display().to_string();
     let holds_endpoints = previous.is_some_and(|p| !p.is_empty());
@@ -314,7 +446,7 @@ fn read_and_parse(
         }
         return Ok(None);
     };
-    let snapshot = parse_store(&text, &shown, previous)?;
+    let snapshot = parse_store_with(&text, &shown, previous, sealer)?;
     Ok(Some((Sha256::digest(text.as_bytes()).into(), snapshot)))
 }
 
@@ -339,6 +471,17 @@ pub fn parse_store(
     path: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, LoadError> {
+    parse_store_with(text, path, previous, &Sealer::plaintext())
+}
+
+/// [`parse_store`] with secrets opened by `sealer` (each endpoint keeps the sealed text it was
+/// read with, so an unchanged endpoint is not re-encrypted when the file is written again).
+pub fn parse_store_with(
+    text: &str,
+    path: &str,
+    previous: Option<&Snapshot>,
+    sealer: &Sealer,
+) -> Result<Snapshot, LoadError> {
     let parsed = match parse_tables_one_by_one(text) {
         Some(parsed) => parsed,
         None => parse_whole(text, path)?,
@@ -352,20 +495,41 @@ pub fn parse_store(
     let mut problems = Vec::new();
     let mut keys = Vec::with_capacity(parsed.keys.len());
     for (index, stored) in parsed.keys.into_iter().enumerate() {
-        match stored.parse() {
+        match sealer.open_idempotency(stored).and_then(|s| s.parse()) {
             Ok(recorded) => keys.push(recorded),
             Err(why) => problems.push(format!("idempotency[{index}].{why}")),
         }
     }
     let spans = parsed.spans;
-    let built = Snapshot::build(parsed.records, previous, |index, field| {
+    let locate = |index: usize, field: &str| {
         let span = spans[index].clone();
         let offset = find_key(text, span.clone(), field).unwrap_or(span.start);
         let (line, column) = line_column(text, offset);
         format!("webhooks[{index}].{field} (line {line}, column {column})")
-    });
+    };
+    let mut records = Vec::with_capacity(parsed.records.len());
+    let mut sealed = Vec::with_capacity(parsed.records.len());
+    for (index, record) in parsed.records.into_iter().enumerate() {
+        match sealer.open_record(record) {
+            Ok(opened) => {
+                records.push(opened.record);
+                sealed.push(opened.sealed);
+            }
+            Err((field, why)) => problems.push(format!("{}: {why}", locate(index, field))),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Invalid {
+            path: path.to_owned(),
+            problems,
+        });
+    }
+    let built = Snapshot::build(records, previous, locate);
     match built {
         Ok(snapshot) if problems.is_empty() => {
+            for (endpoint, sealed) in snapshot.endpoints.iter().zip(sealed) {
+                endpoint.sealed.store(sealed);
+            }
             Ok(snapshot.with_idempotency(IdempotencyLog::from_recorded(keys)))
         }
         Ok(_) => Err(LoadError::Invalid {

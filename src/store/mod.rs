@@ -14,8 +14,13 @@
 //! endpoint, so a delivery never takes a lock and a reload keeps the counters.
 //!
 //! Secret rotation is [`rotate`], a pure function from a record to the rotated record, which
-//! the admin API persists through [`Store::update`].
+//! the admin API persists through [`Store::update`]: up to [`MAX_PREVIOUS_KEYS`] previous keys
+//! keep signing, each until the end of its own window ([`revoke_previous`] ends them all).
+//!
+//! Secrets at rest: with a keyring, every backend seals records before they are stored and opens
+//! them when they are read, once per snapshot build ([`crypt::Sealer`]).
 
+pub mod crypt;
 pub mod etcd;
 pub mod file;
 pub mod idempotency;
@@ -50,18 +55,23 @@ use idempotency::{IdempotencyKey, IdempotencyLog, Recorded};
 /// The longest endpoint URL accepted (characters).
 pub const MAX_URL_LEN: usize = 2048;
 
-/// The longest rotation overlap window (SPEC section 5: `previousSecretExpiresIn` 0 to 86400).
-pub const MAX_OVERLAP: Duration = Duration::from_secs(86_400);
+/// The longest rotation overlap window: 7 days (`previousSecretExpiresIn` 0 to 604800).
+pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
+
+pub use crate::signing::MAX_PREVIOUS_KEYS;
 
 /// Runs `work` (reading, parsing, validating and keying a whole store: 0.7 s at 100,000
 /// endpoints) on tokio's blocking pool. The runtime keeps serving deliveries meanwhile (with one
 /// worker thread it would otherwise stall), and the snapshot's memory comes from that thread's
 /// allocator arena rather than the one the delivery path allocates from: with glibc, a 100 MiB
 /// store in the runtime thread's arena made each delivery's allocations measurably slower.
+/// A panic in `work` is resumed here; a task the runtime cancelled (it is shutting down, and
+/// nothing will wait for the answer) never completes instead of panicking.
 pub async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -461,8 +471,16 @@ pub struct EndpointRecord {
     #[serde(default = "default_scheme")]
     pub scheme: String,
     pub secret: Secret,
-    /// The key replaced by the last rotation, still signing until `previous_secret_expires_at`
-    /// (only for schemes that allow an overlap window).
+    /// Keys replaced by rotations with an overlap window, newest first, each still signing until
+    /// its entry in `previous_secrets_expire_at` (only for schemes that allow a window; at most
+    /// [`MAX_PREVIOUS_KEYS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets: Vec<Secret>,
+    /// When each of `previous_secrets` stops being used (RFC 3339), in the same order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_secrets_expire_at: Vec<String>,
+    /// The one-window form earlier versions wrote: still read (as the last previous secret),
+    /// never written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_secret: Option<Secret>,
     /// When `previous_secret` stops being used (RFC 3339).
@@ -537,13 +555,15 @@ pub struct Endpoint {
     pub status: Status,
     pub scheme: Scheme,
     pub secret: Secret,
-    /// The previous key of a rotation overlap window (possibly already expired).
-    pub previous_secret: Option<Secret>,
-    /// When the previous key stops being used.
-    pub previous_secret_expires_at: Option<OffsetDateTime>,
-    /// The keyed signer (current and previous keys); the previous one is used while a delivery's
-    /// timestamp is before its expiry.
+    /// The previous keys of rotation overlap windows (possibly already expired), newest first,
+    /// each with the instant it stops being used.
+    pub previous_secrets: Vec<(Secret, OffsetDateTime)>,
+    /// The keyed signer (current and previous keys); each previous one is used while a
+    /// delivery's timestamp is before its expiry.
     pub signer: EndpointSigner,
+    /// The secret fields as stored, when the store is encrypted (see [`crypt::Sealer`]): kept so
+    /// rewriting the store does not re-encrypt an endpoint that did not change.
+    pub sealed: arc_swap::ArcSwapOption<crypt::Sealed>,
     pub created_at: Option<OffsetDateTime>,
     pub updated_at: Option<OffsetDateTime>,
     /// A slot the delivery path fills on the endpoint's first delivery (the proxy keeps its
@@ -599,28 +619,12 @@ impl Endpoint {
             .map_err(|err: UnknownScheme| ("scheme", err.to_string()))?;
         let mut signer = EndpointSigner::new(scheme, &record.secret)
             .map_err(|err| ("secret", format!("{err} for the {scheme} scheme")))?;
-        let previous_secret_expires_at = parse_time(record.previous_secret_expires_at.as_deref())
-            .map_err(|why| ("previous_secret_expires_at", why))?;
-        match (&record.previous_secret, previous_secret_expires_at) {
-            (None, None) => {}
-            (Some(_), None) => {
-                return Err((
-                    "previous_secret_expires_at",
-                    "is required with previous_secret".into(),
-                ))
-            }
-            (None, Some(_)) => {
-                return Err((
-                    "previous_secret",
-                    "is missing, but previous_secret_expires_at is set".into(),
-                ))
-            }
-            (Some(previous), Some(expires_at)) => {
-                let expires_at = u64::try_from(expires_at.unix_timestamp()).unwrap_or(0);
-                signer = signer
-                    .with_previous(previous, expires_at)
-                    .map_err(|err| ("previous_secret", format!("{err} for the {scheme} scheme")))?;
-            }
+        let previous_secrets = previous_secrets_of(&record)?;
+        for (previous, expires_at) in &previous_secrets {
+            let expires_at = u64::try_from(expires_at.unix_timestamp()).unwrap_or(0);
+            signer = signer
+                .with_previous(previous, expires_at)
+                .map_err(|err| ("previous_secrets", format!("{err} for the {scheme} scheme")))?;
         }
         let created_at =
             parse_time(record.created_at.as_deref()).map_err(|why| ("created_at", why))?;
@@ -671,7 +675,6 @@ impl Endpoint {
             mut events,
             description,
             secret,
-            previous_secret,
             ..
         } = record;
         events.shrink_to_fit();
@@ -686,9 +689,9 @@ impl Endpoint {
             status,
             scheme,
             secret,
-            previous_secret,
-            previous_secret_expires_at,
+            previous_secrets,
             signer,
+            sealed: arc_swap::ArcSwapOption::empty(),
             created_at,
             updated_at,
             stats,
@@ -721,8 +724,18 @@ impl Endpoint {
             status: self.status.as_str().to_owned(),
             scheme: self.scheme.as_str().to_owned(),
             secret: self.secret.clone(),
-            previous_secret: self.previous_secret.clone(),
-            previous_secret_expires_at: self.previous_secret_expires_at.map(format_time),
+            previous_secrets: self
+                .previous_secrets
+                .iter()
+                .map(|(s, _)| s.clone())
+                .collect(),
+            previous_secrets_expire_at: self
+                .previous_secrets
+                .iter()
+                .map(|(_, at)| format_time(*at))
+                .collect(),
+            previous_secret: None,
+            previous_secret_expires_at: None,
             created_at: self.created_at.map(format_time),
             updated_at: self.updated_at.map(format_time),
             deliveries_count: stats.deliveries,
@@ -746,14 +759,22 @@ impl Endpoint {
         self.signer.public_key()
     }
 
-    /// When the overlap window closes, while it is open at `now` (the API's
-    /// `previousSecretExpiresAt`); `None` when there is no window or it has closed.
+    /// When the last overlap window closes, while one is open at `now` (the API's
+    /// `previousSecretExpiresAt`); `None` when there is no window or every one has closed.
     pub fn overlap_expires_at(&self, now: SystemTime) -> Option<OffsetDateTime> {
+        self.open_windows(now).into_iter().max()
+    }
+
+    /// When each previous key stops signing, for the windows open at `now`, newest key first.
+    pub fn open_windows(&self, now: SystemTime) -> Vec<OffsetDateTime> {
         let now = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
-        self.previous_secret_expires_at
-            .filter(|_| self.signer.overlap_open_at(now))
+        self.previous_secrets
+            .iter()
+            .map(|(_, at)| *at)
+            .filter(|at| u64::try_from(at.unix_timestamp()).unwrap_or(0) > now)
+            .collect()
     }
 
     /// Whether the endpoint takes events of this type.
@@ -769,10 +790,7 @@ impl fmt::Debug for Endpoint {
             .field("company", &self.company)
             .field("status", &self.status)
             .field("scheme", &self.scheme)
-            .field(
-                "previous_secret_expires_at",
-                &self.previous_secret_expires_at,
-            )
+            .field("previous_secrets", &self.previous_secrets.len())
             .finish_non_exhaustive()
     }
 }
@@ -791,19 +809,31 @@ pub enum RotateError {
     /// A window longer than [`MAX_OVERLAP`] (the API answers 422).
     #[error("the overlap window can be at most {} seconds", MAX_OVERLAP.as_secs())]
     WindowTooLong,
+    /// Another window would make more than [`MAX_PREVIOUS_KEYS`] previous keys (422).
+    #[error("at most {MAX_PREVIOUS_KEYS} previous secrets can sign at once: revoke them (revoke-previous) or wait for a window to end")]
+    TooManyPrevious,
+    /// A caller-supplied secret that is not in the scheme's format (422; never quotes it).
+    #[error("secret: {0} for the {1} scheme")]
+    InvalidSecret(crate::signing::KeyError, Scheme),
+    /// The stored record's previous keys do not parse.
+    #[error("the stored previous secrets are invalid: {0}")]
+    Stored(String),
     #[error(transparent)]
     Random(#[from] RandomError),
 }
 
-/// Rotates a record's secret at `now`: a new secret in the scheme's format from the OS CSPRNG.
-/// With `expires_in` zero the old secret stops signing at once (and any earlier previous secret
-/// is dropped); otherwise it becomes `previous_secret` until `now + expires_in` (whole seconds),
-/// replacing any earlier previous secret, so at most two keys sign. `updated_at` becomes `now`.
-/// Pure apart from the randomness: the caller persists the result.
+/// Rotates a record's secret at `now`: `supplied` (checked against the scheme's format) or a
+/// new secret in the scheme's format from the OS CSPRNG. With `expires_in` zero every old key
+/// stops signing at once (the current one and any previous ones: an immediate rotation is what
+/// a leaked key calls for); otherwise the current key joins the previous keys until
+/// `now + expires_in` (whole seconds), beside those whose windows are still open (expired ones
+/// are dropped), at most [`MAX_PREVIOUS_KEYS`] of them. `updated_at` becomes `now`. Pure apart
+/// from the randomness: the caller persists the result.
 pub fn rotate(
     record: &EndpointRecord,
     expires_in: Duration,
     now: OffsetDateTime,
+    supplied: Option<Secret>,
 ) -> Result<EndpointRecord, RotateError> {
     let scheme: Scheme = record.scheme.parse()?;
     if !expires_in.is_zero() && !scheme.allows_overlap() {
@@ -817,17 +847,97 @@ pub fn rotate(
         .replace_nanosecond(0)
         .unwrap_or(now);
     let mut next = record.clone();
-    next.secret = scheme.generate_secret()?;
+    next.secret = match supplied {
+        Some(secret) => {
+            scheme
+                .check_secret(&secret)
+                .map_err(|err| RotateError::InvalidSecret(err, scheme))?;
+            secret
+        }
+        None => scheme.generate_secret()?,
+    };
+    next.previous_secret = None;
+    next.previous_secret_expires_at = None;
     if expires_in.is_zero() {
-        next.previous_secret = None;
-        next.previous_secret_expires_at = None;
+        next.previous_secrets.clear();
+        next.previous_secrets_expire_at.clear();
     } else {
+        let old = previous_secrets_of(record).map_err(|(_, why)| RotateError::Stored(why))?;
         let expires_at = now + time::Duration::seconds(expires_in.as_secs() as i64);
-        next.previous_secret = Some(record.secret.clone());
-        next.previous_secret_expires_at = Some(format_time(expires_at));
+        let mut kept = vec![(record.secret.clone(), expires_at)];
+        kept.extend(old.into_iter().filter(|(_, at)| *at > now));
+        if kept.len() > MAX_PREVIOUS_KEYS {
+            return Err(RotateError::TooManyPrevious);
+        }
+        next.previous_secrets = kept.iter().map(|(s, _)| s.clone()).collect();
+        next.previous_secrets_expire_at = kept.iter().map(|(_, at)| format_time(*at)).collect();
     }
     next.updated_at = Some(format_time(now));
     Ok(next)
+}
+
+/// Ends every overlap window of a record now: only the current key signs from here on.
+pub fn revoke_previous(record: &EndpointRecord, now: OffsetDateTime) -> EndpointRecord {
+    let mut next = record.clone();
+    next.previous_secrets.clear();
+    next.previous_secrets_expire_at.clear();
+    next.previous_secret = None;
+    next.previous_secret_expires_at = None;
+    next.updated_at = Some(format_time(now));
+    next
+}
+
+/// A record's previous keys with their expiry, newest first: `previous_secrets` with
+/// `previous_secrets_expire_at`, then the legacy `previous_secret`; the field at fault otherwise.
+fn previous_secrets_of(
+    record: &EndpointRecord,
+) -> Result<Vec<(Secret, OffsetDateTime)>, (&'static str, String)> {
+    if record.previous_secrets.len() != record.previous_secrets_expire_at.len() {
+        return Err((
+            "previous_secrets_expire_at",
+            format!(
+                "must list one expiry per previous secret ({} secrets, {} expiries)",
+                record.previous_secrets.len(),
+                record.previous_secrets_expire_at.len()
+            ),
+        ));
+    }
+    let mut previous = Vec::with_capacity(record.previous_secrets.len() + 1);
+    for (secret, at) in record
+        .previous_secrets
+        .iter()
+        .zip(&record.previous_secrets_expire_at)
+    {
+        let at = parse_time(Some(at))
+            .map_err(|why| ("previous_secrets_expire_at", why))?
+            .expect("a time was given");
+        previous.push((secret.clone(), at));
+    }
+    let legacy_expiry = parse_time(record.previous_secret_expires_at.as_deref())
+        .map_err(|why| ("previous_secret_expires_at", why))?;
+    match (&record.previous_secret, legacy_expiry) {
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err((
+                "previous_secret_expires_at",
+                "is required with previous_secret".into(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "previous_secret",
+                "is missing, but previous_secret_expires_at is set".into(),
+            ))
+        }
+        (Some(secret), Some(at)) => previous.push((secret.clone(), at)),
+    }
+    if previous.len() > MAX_PREVIOUS_KEYS {
+        return Err((
+            "previous_secrets",
+            format!("at most {MAX_PREVIOUS_KEYS} previous secrets"),
+        ));
+    }
+    Ok(previous)
 }
 
 /// Parses an endpoint URL: http or https, a host, no userinfo, at most 2048 characters.
@@ -884,6 +994,8 @@ mod tests {
             status: "active".into(),
             scheme: "storno".into(),
             secret: Secret::new(format!("whsec_{}", "0".repeat(64))),
+            previous_secrets: Vec::new(),
+            previous_secrets_expire_at: Vec::new(),
             previous_secret: None,
             previous_secret_expires_at: None,
             created_at: Some("2026-02-18T10:00:00Z".into()),
@@ -907,8 +1019,8 @@ mod tests {
         stored.events = vec!["invoice.created".into(), "invoice.paid".into()];
         stored.description = "Production \"invoices\"".into();
         stored.status = "auto_disabled".into();
-        stored.previous_secret = Some(Scheme::Stripe.generate_secret().unwrap());
-        stored.previous_secret_expires_at = Some("2026-02-19T10:00:00Z".into());
+        stored.previous_secrets = vec![Scheme::Stripe.generate_secret().unwrap()];
+        stored.previous_secrets_expire_at = vec!["2026-02-19T10:00:00Z".into()];
         stored.updated_at = Some("2026-02-18T11:00:00Z".into());
         stored.deliveries_count = 7;
         stored.last_delivery_at = Some("2026-02-18T12:00:00Z".into());
@@ -1034,7 +1146,7 @@ mod tests {
             r.previous_secret = Some(scheme.generate_secret().unwrap());
             r.previous_secret_expires_at = Some(future.clone());
             let (field, message) = problem(r);
-            assert_eq!(field, "previous_secret");
+            assert_eq!(field, "previous_secrets");
             assert!(message.contains("allows no previous secret"), "{message}");
         }
         let scheme = Scheme::StandardWebhooks;
@@ -1050,7 +1162,7 @@ mod tests {
         let closed = Endpoint::from_record(r.clone(), None).unwrap();
         assert_eq!(closed.overlap_expires_at(SystemTime::now()), None);
         r.previous_secret = Some(Scheme::Storno.generate_secret().unwrap());
-        assert_eq!(problem(r.clone()).0, "previous_secret");
+        assert_eq!(problem(r.clone()).0, "previous_secrets");
         r.previous_secret = None;
         r.previous_secret_expires_at = Some(future);
         assert_eq!(problem(r).0, "previous_secret");
@@ -1060,35 +1172,94 @@ mod tests {
     fn rotate_moves_the_old_secret_to_previous_for_the_window() {
         let now = time::macros::datetime!(2026-02-18 10:00:00.75 UTC);
         let original = with_scheme(Scheme::Stripe);
-        let rotated = rotate(&original, Duration::from_secs(3600), now).unwrap();
+        let rotated = rotate(&original, Duration::from_secs(3600), now, None).unwrap();
         assert_ne!(rotated.secret, original.secret);
-        assert_eq!(rotated.previous_secret.as_ref(), Some(&original.secret));
+        assert_eq!(rotated.previous_secrets, vec![original.secret.clone()]);
         assert_eq!(
-            rotated.previous_secret_expires_at.as_deref(),
-            Some("2026-02-18T11:00:00Z")
+            rotated.previous_secrets_expire_at,
+            vec!["2026-02-18T11:00:00Z"]
         );
         assert_eq!(rotated.updated_at.as_deref(), Some("2026-02-18T10:00:00Z"));
         assert!(Endpoint::from_record(rotated.clone(), None).is_ok());
 
-        // A second rotation with a window replaces the previous secret; without one, drops it.
-        let again = rotate(&rotated, Duration::from_secs(60), now).unwrap();
-        assert_eq!(again.previous_secret.as_ref(), Some(&rotated.secret));
-        let immediate = rotate(&again, Duration::ZERO, now).unwrap();
-        assert_eq!(immediate.previous_secret, None);
-        assert_eq!(immediate.previous_secret_expires_at, None);
-        assert_ne!(immediate.secret, again.secret);
+        // A second rotation with a window keeps the first window open beside its own.
+        let again = rotate(&rotated, Duration::from_secs(60), now, None).unwrap();
+        assert_eq!(
+            again.previous_secrets,
+            vec![rotated.secret.clone(), original.secret.clone()]
+        );
+        assert_eq!(
+            again.previous_secrets_expire_at,
+            vec!["2026-02-18T10:01:00Z", "2026-02-18T11:00:00Z"]
+        );
+        // Windows that ended are dropped at the next rotation.
+        let later = now + time::Duration::seconds(120);
+        let third = rotate(&again, Duration::from_secs(60), later, None).unwrap();
+        assert_eq!(
+            third.previous_secrets,
+            vec![again.secret.clone(), original.secret.clone()]
+        );
+        // Without a window, every old key stops at once.
+        let immediate = rotate(&third, Duration::ZERO, now, None).unwrap();
+        assert!(immediate.previous_secrets.is_empty());
+        assert!(immediate.previous_secrets_expire_at.is_empty());
+        assert_ne!(immediate.secret, third.secret);
+        // revoke-previous ends every window and keeps the current key.
+        let revoked = revoke_previous(&third, now);
+        assert!(revoked.previous_secrets.is_empty());
+        assert_eq!(revoked.secret, third.secret);
+    }
+
+    #[test]
+    fn ten_previous_keys_at_most_and_supplied_secrets_are_checked() {
+        let now = OffsetDateTime::now_utc();
+        let mut r = with_scheme(Scheme::StandardWebhooks);
+        for _ in 0..MAX_PREVIOUS_KEYS {
+            r = rotate(&r, Duration::from_secs(600), now, None).unwrap();
+        }
+        assert_eq!(r.previous_secrets.len(), MAX_PREVIOUS_KEYS);
+        let endpoint = Endpoint::from_record(r.clone(), None).unwrap();
+        assert_eq!(endpoint.open_windows(SystemTime::now()).len(), 10);
+        assert!(matches!(
+            rotate(&r, Duration::from_secs(600), now, None),
+            Err(RotateError::TooManyPrevious)
+        ));
+        // An immediate rotation is always allowed.
+        assert!(rotate(&r, Duration::ZERO, now, None).is_ok());
+        let mut eleven = r.clone();
+        eleven
+            .previous_secrets
+            .push(Scheme::StandardWebhooks.generate_secret().unwrap());
+        eleven
+            .previous_secrets_expire_at
+            .push("2999-01-01T00:00:00Z".into());
+        assert_eq!(problem(eleven).0, "previous_secrets");
+
+        let supplied = Scheme::StandardWebhooks.generate_secret().unwrap();
+        let rotated = rotate(&r, Duration::ZERO, now, Some(supplied.clone())).unwrap();
+        assert_eq!(rotated.secret, supplied);
+        let bad = Secret::new("whsec_not-base64-at-all!!");
+        let err = rotate(&r, Duration::ZERO, now, Some(bad)).unwrap_err();
+        assert!(matches!(err, RotateError::InvalidSecret(..)));
+        assert!(!err.to_string().contains("not-base64"), "{err}");
     }
 
     #[test]
     fn rotate_generates_the_schemes_format_and_refuses_bad_windows() {
         let now = OffsetDateTime::now_utc();
         for scheme in Scheme::ALL {
-            let rotated = rotate(&with_scheme(scheme), Duration::ZERO, now).unwrap();
+            let rotated = rotate(&with_scheme(scheme), Duration::ZERO, now, None).unwrap();
             assert_eq!(scheme.check_secret(&rotated.secret), Ok(()), "{scheme}");
-            let windowed = rotate(&with_scheme(scheme), Duration::from_secs(1), now);
+            let windowed = rotate(&with_scheme(scheme), Duration::from_secs(1), now, None);
             assert_eq!(windowed.is_ok(), scheme.allows_overlap(), "{scheme}");
         }
-        let err = rotate(&with_scheme(Scheme::Github), Duration::from_secs(1), now).unwrap_err();
+        let err = rotate(
+            &with_scheme(Scheme::Github),
+            Duration::from_secs(1),
+            now,
+            None,
+        )
+        .unwrap_err();
         assert!(matches!(
             err,
             RotateError::OverlapNotAllowed(Scheme::Github)
@@ -1102,9 +1273,10 @@ mod tests {
             &with_scheme(Scheme::Stripe),
             MAX_OVERLAP + Duration::from_secs(1),
             now,
+            None,
         );
         assert!(matches!(too_long, Err(RotateError::WindowTooLong)));
-        assert!(rotate(&with_scheme(Scheme::Stripe), MAX_OVERLAP, now).is_ok());
+        assert!(rotate(&with_scheme(Scheme::Stripe), MAX_OVERLAP, now, None).is_ok());
     }
 
     #[test]
@@ -1113,9 +1285,10 @@ mod tests {
             &with_scheme(Scheme::StandardWebhooks),
             Duration::from_secs(60),
             OffsetDateTime::now_utc(),
+            None,
         )
         .unwrap();
-        let previous = rotated.previous_secret.clone().unwrap();
+        let previous = rotated.previous_secrets[0].clone();
         let endpoint = Endpoint::from_record(rotated.clone(), None).unwrap();
         let text = format!("{rotated:?} {endpoint:?}");
         assert!(!text.contains(&previous.expose()[6..]), "{text}");

@@ -17,7 +17,9 @@ use std::sync::Arc;
 use serde::ser::{self, Impossible, Serialize};
 use zeroize::Zeroizing;
 
+use super::crypt::Sealer;
 use super::{idempotency, Endpoint, EndpointRecord};
+use crate::keyring::SealError;
 
 /// The TOML text of `records` after `header` (comment lines): one `[[webhooks]]` table each,
 /// fields in the record's order, optional fields left out when unset, as the toml crate would.
@@ -34,25 +36,35 @@ pub fn render(header: &str, records: &[EndpointRecord]) -> Zeroizing<String> {
 
 /// The text of [`render`] of every endpoint's record (delivery records as they are now, read
 /// once, before the text is counted), then the live idempotency keys, one `[[idempotency]]`
-/// table each.
+/// table each. Secrets are written as `sealer` keeps them at rest: call
+/// [`Sealer::prepare`] on `endpoints` first.
 pub fn render_endpoints(
     header: &str,
     endpoints: &[Arc<Endpoint>],
     keys: &[&Arc<idempotency::Recorded>],
-) -> Zeroizing<String> {
+    sealer: &Sealer,
+) -> Result<Zeroizing<String>, SealError> {
     let stats: Vec<_> = endpoints.iter().map(|e| e.stats.now()).collect();
-    let keys: Vec<_> = keys.iter().map(|key| key.stored()).collect();
-    render_with(header, |out| {
+    let keys = keys
+        .iter()
+        .map(|key| sealer.seal_idempotency(key.stored()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(render_with(header, |out| {
         if endpoints.is_empty() {
             out.put(EMPTY);
         }
         for (index, (endpoint, stats)) in endpoints.iter().zip(&stats).enumerate() {
-            table(out, index, "[[webhooks]]\n", &endpoint.record_with(stats));
+            table(
+                out,
+                index,
+                "[[webhooks]]\n",
+                &sealer.stored_record(endpoint, stats),
+            );
         }
         for (index, key) in keys.iter().enumerate() {
             table(out, index + endpoints.len(), "[[idempotency]]\n", key);
         }
-    })
+    }))
 }
 
 /// What a store with no endpoint says, so that an empty or truncated file is not taken for it.
@@ -419,8 +431,16 @@ mod tests {
             status: "active".into(),
             scheme: "stripe".into(),
             secret: Secret::new(format!("whsec_{}", "ab".repeat(32))),
-            previous_secret: Some(Secret::new(format!("whsec_{}", "cd".repeat(32)))),
-            previous_secret_expires_at: Some("2026-02-19T10:00:00Z".into()),
+            previous_secrets: vec![
+                Secret::new(format!("whsec_{}", "cd".repeat(32))),
+                Secret::new(format!("whsec_{}", "ef".repeat(32))),
+            ],
+            previous_secrets_expire_at: vec![
+                "2026-02-19T10:00:00Z".into(),
+                "2026-02-18T10:00:00Z".into(),
+            ],
+            previous_secret: None,
+            previous_secret_expires_at: None,
             created_at: Some("2026-02-18T10:00:00Z".into()),
             updated_at: None,
             deliveries_count: 12,
@@ -497,8 +517,8 @@ mod tests {
                 r
             })
             .collect();
-        records[3].previous_secret = None;
-        records[3].previous_secret_expires_at = None;
+        records[3].previous_secrets.clear();
+        records[3].previous_secrets_expire_at.clear();
         records[4].created_at = None;
         records[5].last_delivery_at = None;
         records[5].last_delivery_status = None;
@@ -508,7 +528,8 @@ mod tests {
         let snapshot =
             super::super::Snapshot::build(records, None, |i, f| format!("{i}.{f}")).unwrap();
         snapshot.endpoints[0].stats.record(DeliveryOutcome::Success);
-        let direct = render_endpoints("# h\n", &snapshot.endpoints, &[]);
+        let direct =
+            render_endpoints("# h\n", &snapshot.endpoints, &[], &Sealer::plaintext()).unwrap();
         let via_records = render("# h\n", &snapshot.records());
         assert_eq!(*direct, *via_records);
         assert!(direct.contains("created_at = \"2026-02-18T10:00:00Z\""));

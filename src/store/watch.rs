@@ -22,7 +22,9 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::crypt::Sealer;
 use super::{LoadError, Store};
+use crate::keyring::Keyring;
 use crate::metrics::{ReloadMetrics, ReloadOutcome};
 
 /// Quiet time after the last change before the file is re-read.
@@ -114,6 +116,87 @@ pub fn spawn(
         }
     });
     Ok(())
+}
+
+/// Watches the keyring file's directory until `shutdown` fires, like the store file's. Each
+/// change re-reads the keyring: a keyring that does not load is logged and the one in service
+/// stays; one that loads is swapped into `sealer` (later writes seal under its primary, reads
+/// open with its keys) and the store is re-read with it.
+pub fn spawn_keyring(
+    store: Store,
+    sealer: Sealer,
+    reloads: KeyringReloads,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) -> Result<(), WatchError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+    let (changes, mut changed) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => {
+                may_change_content(&event.kind)
+                    && event.paths.iter().any(|p| concerns_store(p, &name))
+            }
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = changes.try_send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    tracing::info!(dir = %dir.display(), "watching the keyring file for changes");
+    tokio::spawn(async move {
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = changed.recv() => {
+                    if received.is_none() { return }
+                    debounce(&mut changed).await;
+                }
+            }
+            reload_keyring(&store, &sealer, &reloads, &path).await;
+        }
+    });
+    Ok(())
+}
+
+/// The metrics a keyring reload records: its own, then the store's (the store is re-read).
+#[derive(Clone, Debug)]
+pub struct KeyringReloads {
+    pub keyring: ReloadMetrics,
+    pub store: ReloadMetrics,
+}
+
+/// Re-reads the keyring at `path` into `sealer`, then the store with it.
+pub async fn reload_keyring(store: &Store, sealer: &Sealer, reloads: &KeyringReloads, path: &Path) {
+    let read = path.to_owned();
+    match super::off_runtime(move || Keyring::load(&read)).await {
+        Ok(keyring) => {
+            let names = keyring.names().collect::<Vec<_>>().join(", ");
+            tracing::info!(primary = %keyring.primary(), keys = %names, "keyring reloaded");
+            sealer.replace_keyring(keyring);
+            reloads.keyring.record(ReloadOutcome::Applied);
+            reload_now(store, &reloads.store).await;
+        }
+        Err(err) => {
+            reloads.keyring.record(ReloadOutcome::Rejected);
+            tracing::error!(error = %crate::error_chain::error_chain(&err), "keyring rejected; the keyring in service stays");
+        }
+    }
 }
 
 /// Re-reads the store whatever its content (`SIGHUP`).
