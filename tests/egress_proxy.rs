@@ -32,12 +32,23 @@ struct Squid {
 }
 
 impl Squid {
-    /// Starts Squid; with `auth`, every request must carry those basic-auth credentials.
+    /// Starts Squid; with `auth`, every request must carry those basic-auth credentials. A
+    /// Squid that exits before it listens (its port taken meanwhile by another test's server)
+    /// is started again on another port.
     fn start(auth: Option<(&str, &str)>) -> Option<Self> {
         if !Path::new(SQUID).exists() {
             eprintln!("skipped: {SQUID} is not installed (apt-get install squid)");
             return None;
         }
+        for _ in 0..3 {
+            if let Some(squid) = Self::try_start(auth) {
+                return Some(squid);
+            }
+        }
+        panic!("squid did not start in three attempts");
+    }
+
+    fn try_start(auth: Option<(&str, &str)>) -> Option<Self> {
         let dir = tempfile::tempdir().unwrap();
         // Squid started as root runs as the `proxy` user: it must be able to write here.
         std::fs::set_permissions(
@@ -89,14 +100,23 @@ impl Squid {
             .stderr(Stdio::null())
             .spawn()
             .expect("squid starts");
-        let squid = Self { port, dir, child };
+        let mut squid = Self { port, dir, child };
+        // `squid` is killed on drop whichever way this returns.
         let started = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "squid did not listen: {}",
-                std::fs::read_to_string(squid.dir.path().join("cache.log")).unwrap_or_default()
-            );
+            let log =
+                || std::fs::read_to_string(squid.dir.path().join("cache.log")).unwrap_or_default();
+            if let Ok(Some(status)) = squid.child.try_wait() {
+                eprintln!(
+                    "squid exited ({status}) before listening on {port}: {}",
+                    log()
+                );
+                return None;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                eprintln!("squid did not listen on {port} within 15 s: {}", log());
+                return None; // dropped: killed by its PID
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(squid)
