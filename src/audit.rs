@@ -49,7 +49,8 @@ pub struct Entry {
     pub token: String,
     pub company: String,
     pub endpoint: String,
-    /// `create`, `update`, `delete`, `regenerate_secret`, `revoke_previous`.
+    /// `create`, `update`, `delete`, `regenerate_secret`, `revoke_previous`,
+    /// `set_client_certificate`, `remove_client_certificate`, `auto_disable`.
     pub action: &'static str,
     pub idempotency_key: Option<String>,
     /// The keyring key the endpoint's secrets are stored under now (none: plaintext store).

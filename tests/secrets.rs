@@ -1185,3 +1185,79 @@ async fn etcd_replicas_follow_a_keyring_rotation_one_reload_at_a_time() {
     assert_signs_with(&two, &upstream, &uuid, &second).await;
     assert_signs_with(&one, &upstream, &uuid, &second).await;
 }
+
+#[tokio::test]
+async fn client_certificates_and_auto_disables_are_audited() {
+    let pki = Pki::new();
+    let failing = Upstream::start(
+        &pki,
+        UpstreamOptions {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..Default::default()
+        },
+    )
+    .await;
+    let config = encrypted_config(&pki)
+        .set("admin", "audit_log = \"audit.log\"")
+        .set("proxy", "auto_disable_after = 1");
+    let server = start_with_keyring(&config, &keyring_text("k1", &[&key_line("k1")]), "").await;
+    let uuid = server
+        .post_webhook(json!({"url": failing.url("/au"), "events": ["*"]}))
+        .await
+        .json()["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["audited".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let path = format!("{HOOKS}/{uuid}/client-certificate");
+    let body = json!({"certificate": cert.pem(), "privateKey": key.serialize_pem()});
+    for (method, body) in [(Method::PUT, Some(body)), (Method::DELETE, None)] {
+        let reply = server
+            .api(method, &path, Some(OPS_TOKEN), Some(COMPANY), body)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    // One failed delivery disables the endpoint; hooksign audits that write itself.
+    let reply = server
+        .deliver(&[("x-webhook-id", uuid.as_str())], "{}")
+        .await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let log = server.dir.path().join("audit.log");
+    let started = std::time::Instant::now();
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 4 || started.elapsed() > Duration::from_secs(10) {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let actions: Vec<&str> = lines
+        .iter()
+        .map(|l| l["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "create",
+            "set_client_certificate",
+            "remove_client_certificate",
+            "auto_disable"
+        ]
+    );
+    assert_eq!(lines[1]["token"], "ops");
+    assert_eq!(lines[3]["token"], "hooksign:auto_disable_after");
+    assert_eq!(lines[3]["endpoint"], uuid.as_str());
+    assert_eq!(lines[3]["company"], COMPANY);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("PRIVATE KEY"));
+    let (code, stdout, stderr) = run_binary(&["audit", "verify", log.to_str().unwrap()], None);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

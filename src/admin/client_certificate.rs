@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{AdminError, ApiJson};
-use super::webhooks::{find_record, parse_uuid, view_in, WebhookView};
+use super::webhooks::{audit, audit_unsynced, find_record, parse_uuid, view_in, WebhookView};
 use crate::client_cert::ClientCertificate;
 use crate::config::Permission;
 use crate::secret::Secret;
@@ -70,7 +70,11 @@ pub async fn set(
             record.updated_at = Some(now_text());
             Ok::<_, AdminError>((Edit::put(record), ()))
         })
-        .await?;
+        .await;
+    const ACTION: &str = "set_client_certificate";
+    audit_unsynced(&state, &caller, uuid, ACTION, None, &written).await?;
+    let written = written?;
+    audit(&state, &caller, uuid, ACTION, None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, fingerprint = %parsed.fingerprint_hex(), "client certificate set");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
@@ -106,7 +110,11 @@ pub async fn remove(
             record.updated_at = Some(now_text());
             Ok((Edit::put(record), ()))
         })
-        .await?;
+        .await;
+    const ACTION: &str = "remove_client_certificate";
+    audit_unsynced(&state, &caller, uuid, ACTION, None, &written).await?;
+    let written = written?;
+    audit(&state, &caller, uuid, ACTION, None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "client certificate removed");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }

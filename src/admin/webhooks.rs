@@ -726,7 +726,7 @@ pub async fn events(
 
 /// A write that failed with `store_not_durable` was still made (it is in service): audit it
 /// before the error goes out.
-async fn audit_unsynced<T>(
+pub(super) async fn audit_unsynced<T>(
     state: &AppState,
     caller: &Caller,
     endpoint: Uuid,
@@ -742,7 +742,7 @@ async fn audit_unsynced<T>(
 
 /// Appends the audit line of a write that was made (when `[admin] audit_log` is set), durably,
 /// before the response goes out.
-async fn audit(
+pub(super) async fn audit(
     state: &AppState,
     caller: &Caller,
     endpoint: Uuid,

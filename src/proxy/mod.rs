@@ -495,6 +495,9 @@ fn circuit_changed(state: &AppState, uuid: &Uuid, to: CircuitState) {
     }
 }
 
+/// The `token` of the audit line of an auto-disable: hooksign itself made the write.
+const AUTO_DISABLE_ACTOR: &str = "hooksign:auto_disable_after";
+
 /// Updates the endpoint's delivery records (atomics only) and, at `[proxy] auto_disable_after`
 /// consecutive failures, persists `auto_disabled` off the request path.
 pub(crate) fn record_delivery(
@@ -509,6 +512,7 @@ pub(crate) fn record_delivery(
     }
     let state = Arc::clone(state);
     let uuid = endpoint.uuid;
+    let company = endpoint.company;
     tokio::spawn(async move {
         let written = state
             .store
@@ -527,7 +531,21 @@ pub(crate) fn record_delivery(
             .await;
         match written {
             Ok(_) => {
-                tracing::warn!(endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures")
+                tracing::warn!(endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures");
+                // The write is made by hooksign itself, not through a token: audited as such.
+                if let Some(log) = &state.audit {
+                    let entry = crate::audit::Entry {
+                        token: AUTO_DISABLE_ACTOR.to_owned(),
+                        company: company.to_string(),
+                        endpoint: uuid.to_string(),
+                        action: "auto_disable",
+                        idempotency_key: None,
+                        key_name: state.sealer.primary(),
+                    };
+                    if let Err(err) = log.append(entry).await {
+                        tracing::error!(endpoint = %uuid, error = %error_chain(&err), "auto-disable made but not audited");
+                    }
+                }
             }
             Err(err) => {
                 tracing::error!(endpoint = %uuid, error = %err, "could not persist auto_disabled")
