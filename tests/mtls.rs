@@ -52,10 +52,11 @@ impl ClientPki {
 }
 
 /// An HTTPS server (the [`Pki`] leaf) that requires a client certificate from `client_ca` and
-/// records the fingerprint of each one it accepted.
+/// records, for each handshake it accepted, the client certificate's fingerprint and whether
+/// the session was resumed.
 struct MutualUpstream {
     port: u16,
-    seen: Arc<Mutex<Vec<String>>>,
+    seen: Arc<Mutex<Vec<(String, bool)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -93,10 +94,13 @@ impl MutualUpstream {
                         let Ok(tls) = acceptor.accept(stream).await else {
                             return;
                         };
-                        if let Some(cert) =
-                            tls.get_ref().1.peer_certificates().and_then(|c| c.first())
-                        {
-                            seen.lock().unwrap().push(hex::encode(Sha256::digest(cert)));
+                        let session = tls.get_ref().1;
+                        let resumed =
+                            session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                        if let Some(cert) = session.peer_certificates().and_then(|c| c.first()) {
+                            seen.lock()
+                                .unwrap()
+                                .push((hex::encode(Sha256::digest(cert)), resumed));
                         }
                         let service = service_fn(|_request| async {
                             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
@@ -117,7 +121,7 @@ impl MutualUpstream {
         format!("https://localhost:{}{path}", self.port)
     }
 
-    fn accepted(&self) -> Vec<String> {
+    fn accepted(&self) -> Vec<(String, bool)> {
         self.seen.lock().unwrap().clone()
     }
 }
@@ -156,8 +160,11 @@ async fn deliveries_present_the_endpoints_client_certificate_and_only_its_own() 
     let upstream = MutualUpstream::start(&pki, &client.ca).await;
     let with = EndpointSpec::new(upstream.url("/with"));
     let without = EndpointSpec::new(upstream.url("/without"));
+    // A short idle timeout, so a later delivery opens a new connection (and resumes).
     let server = TestServer::start(
-        &ConfigSpec::new(Some(&pki)).with_tokens(),
+        &ConfigSpec::new(Some(&pki))
+            .with_tokens()
+            .set("proxy", "pool_idle_timeout = \"300ms\""),
         &store_toml(&[&with, &without]),
     )
     .await;
@@ -201,16 +208,31 @@ async fn deliveries_present_the_endpoints_client_certificate_and_only_its_own() 
     }
     assert_eq!(
         upstream.accepted(),
-        vec![client.fingerprint.clone()],
+        vec![(client.fingerprint.clone(), false)],
         "one pooled connection"
     );
-    // The other endpoint of the same server never borrows that connection.
+    // Past the idle timeout: a new connection, which resumes the identity's own session.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let reply = server.deliver(&id(&with.uuid), "{}").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(upstream.accepted().len(), 2);
+    assert!(
+        upstream.accepted()[1].1,
+        "the identity's own session cache resumes its sessions"
+    );
+    // The other endpoint of the same server never borrows that connection, nor resumes that
+    // session (which would carry the client certificate's authentication over).
     let reply = server.deliver(&id(&without.uuid), "{}").await;
     assert_eq!(
         reply.hooksign_error(),
         Some("upstream_tls"),
         "{}",
         reply.text()
+    );
+    assert_eq!(
+        upstream.accepted().len(),
+        2,
+        "nothing accepted without a certificate"
     );
 
     // The store keeps the key (encrypted at rest once a keyring is set); the metric names the

@@ -61,6 +61,10 @@ use crate::store::Endpoint;
 /// quiet for longer.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// TLS sessions remembered per client-certificate identity (its origins are few: one per
+/// server the endpoint's URL names).
+const IDENTITY_SESSIONS: usize = 32;
+
 /// The largest upstream response head (status line and headers) read: a larger one fails the
 /// exchange (`upstream_protocol`). The same bound as the proxy port's own request heads.
 pub const MAX_UPSTREAM_HEAD_BYTES: usize = 64 * 1024;
@@ -279,13 +283,16 @@ impl Upstream {
         }))
     }
 
-    /// A connector like the pool's own (same roots, ALPN and session cache) that presents
-    /// `identity` when the server asks for a client certificate.
+    /// A connector like the pool's own (same roots and ALPN) that presents `identity` when the
+    /// server asks for a client certificate, with a session cache of its own: a session a
+    /// server authenticated with one client certificate is never resumed by a connection of
+    /// another identity (or of none), which would carry that authentication over.
     fn presenting(&self, identity: &ClientCertificate) -> TlsConnector {
         let mut config = (*self.tls_config).clone();
         config.client_auth_cert_resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
             Arc::clone(&identity.certified),
         ));
+        config.resumption = rustls::client::Resumption::in_memory_sessions(IDENTITY_SESSIONS);
         TlsConnector::from(Arc::new(config))
     }
 
