@@ -65,6 +65,8 @@ pub struct ProxyConfig {
     pub pool_max_idle_per_origin: usize,
     /// `pool_max_idle`: idle upstream connections kept over every origin, at most.
     pub pool_max_idle: usize,
+    /// `tls_session_cache`: customer servers whose TLS sessions are remembered for resumption.
+    pub tls_session_cache: usize,
     /// `breaker_failures`: consecutive connect, TLS or timeout failures that open an origin's
     /// circuit; 0 turns the breaker off.
     pub breaker_failures: u32,
@@ -342,6 +344,7 @@ struct RawProxy {
     max_connections_per_origin: usize,
     pool_max_idle_per_origin: usize,
     pool_max_idle: usize,
+    tls_session_cache: usize,
     breaker_failures: u32,
     breaker_cooldown: String,
     max_in_flight_per_endpoint: u32,
@@ -366,6 +369,7 @@ impl Default for RawProxy {
             max_connections_per_origin: 128,
             pool_max_idle_per_origin: 64,
             pool_max_idle: 4096,
+            tls_session_cache: 10_000,
             breaker_failures: 5,
             breaker_cooldown: "30s".into(),
             max_in_flight_per_endpoint: 128,
@@ -574,6 +578,7 @@ impl RawConfig {
             max_connections_per_origin: self.proxy.max_connections_per_origin,
             pool_max_idle_per_origin: self.proxy.pool_max_idle_per_origin,
             pool_max_idle: self.proxy.pool_max_idle,
+            tls_session_cache: self.proxy.tls_session_cache,
             breaker_failures: self.proxy.breaker_failures,
             breaker_cooldown: duration(
                 "proxy.breaker_cooldown",
@@ -600,6 +605,12 @@ impl RawConfig {
             problem(
                 "proxy.max_in_flight_per_endpoint",
                 "must be at least 1".into(),
+            );
+        }
+        if proxy.tls_session_cache > MAX_TLS_SESSION_CACHE {
+            problem(
+                "proxy.tls_session_cache",
+                format!("must be at most {MAX_TLS_SESSION_CACHE} (0 turns resumption off)"),
             );
         }
         if proxy.pool_max_idle_per_origin > proxy.pool_max_idle {
@@ -1038,6 +1049,10 @@ fn forward_proxy(
         no_proxy: rules,
     })
 }
+
+/// The most customer servers whose TLS sessions are remembered (a few hundred bytes each, up to
+/// 8 tickets per server).
+const MAX_TLS_SESSION_CACHE: usize = 1_000_000;
 
 fn parse_cidr(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>()

@@ -52,6 +52,15 @@ impl CircuitState {
     }
 }
 
+/// The upstream pool's counters, handed to the pool (clones share the values).
+#[derive(Clone, Debug)]
+pub struct UpstreamMetrics {
+    /// `hooksign_upstream_tls_handshakes_total{kind="full"}`.
+    pub tls_full: IntCounter,
+    /// `hooksign_upstream_tls_handshakes_total{kind="resumed"}`.
+    pub tls_resumed: IntCounter,
+}
+
 /// Which bulkhead refused a delivery with 503 `upstream_saturated` (`limit` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bulkhead {
@@ -126,6 +135,8 @@ pub struct Metrics {
     egress_blocked_by_reason: Vec<IntCounter>,
     pub admin_requests: IntCounterVec,
     pub store_backend: StoreBackendMetrics,
+    /// The upstream pool's counters (handed to the pool).
+    pub upstream: UpstreamMetrics,
 }
 
 /// `hooksign_store_reloads_total` and `hooksign_store_last_reload_success`: the handle the
@@ -200,6 +211,17 @@ impl Metrics {
             ),
             &["state"],
         )?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "hooksign_upstream_tls_handshakes_total",
+                "TLS handshakes with customers' servers, by kind (full or resumed)",
+            ),
+            &["kind"],
+        )?;
+        let upstream = UpstreamMetrics {
+            tls_full: handshakes.with_label_values(&["full"]),
+            tls_resumed: handshakes.with_label_values(&["resumed"]),
+        };
         let bulkhead_vec = IntCounterVec::new(
             Opts::new(
                 "hooksign_bulkhead_refusals_total",
@@ -291,6 +313,7 @@ impl Metrics {
         registry.register(Box::new(upstream_duration_vec))?;
         registry.register(Box::new(circuit_transitions_vec))?;
         registry.register(Box::new(bulkhead_vec))?;
+        registry.register(Box::new(handshakes))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;
@@ -333,6 +356,7 @@ impl Metrics {
             egress_blocked,
             egress_blocked_by_reason,
             admin_requests,
+            upstream,
         })
     }
 

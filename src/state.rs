@@ -95,7 +95,12 @@ impl AppState {
             }
         };
         let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
-        let upstream = client::build(&config.egress, &config.proxy, Arc::clone(&egress))?;
+        let upstream = client::build(
+            &config.egress,
+            &config.proxy,
+            Arc::clone(&egress),
+            metrics.upstream.clone(),
+        )?;
         Ok(Arc::new(Self {
             config,
             store,

@@ -585,3 +585,34 @@ async fn probes_answer() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_returning_customer_resumes_its_tls_session() {
+    // The customer closes every connection, so each delivery opens a new one.
+    let (_pki, upstream, endpoint, server) = setup(
+        base(),
+        UpstreamOptions {
+            headers: vec![("connection", "close")],
+            ..Default::default()
+        },
+    )
+    .await;
+    let headers = [("x-webhook-id", endpoint.uuid.as_str())];
+    for _ in 0..3 {
+        let reply = server.deliver(&headers, "{}").await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(upstream.connections(), 3);
+    assert_eq!(
+        server
+            .metric("hooksign_upstream_tls_handshakes_total{kind=\"full\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        server
+            .metric("hooksign_upstream_tls_handshakes_total{kind=\"resumed\"}")
+            .await,
+        2.0
+    );
+}

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::client::Resumption;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
@@ -14,6 +15,7 @@ use rustls::{ClientConfig, RootCertStore};
 use super::pool::{PoolLimits, Upstream};
 use crate::config::{EgressConfig, ProxyConfig};
 use crate::egress::{EgressPolicy, GuardedConnector};
+use crate::metrics::UpstreamMetrics;
 
 /// Why the TLS client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +45,27 @@ pub fn build(
     egress: &EgressConfig,
     proxy: &ProxyConfig,
     policy: Arc<EgressPolicy>,
+    metrics: UpstreamMetrics,
 ) -> Result<Upstream, ClientError> {
-    let tls = tls_config(egress)?;
+    let mut tls = tls_config(egress)?;
+    // Sized for the fan-out: rustls' default store remembers 32 servers (256 tickets, 8 each),
+    // so beyond a few dozen customers every new connection paid a full handshake.
+    tls.resumption = Resumption::in_memory_sessions(
+        proxy
+            .tls_session_cache
+            .saturating_mul(TLS13_TICKETS_PER_SERVER),
+    );
     let guarded = GuardedConnector::new(policy, proxy.connect_timeout);
-    Ok(Upstream::new(guarded, tls, PoolLimits::from_config(proxy)))
+    Ok(Upstream::new(
+        guarded,
+        tls,
+        PoolLimits::from_config(proxy),
+        metrics,
+    ))
 }
+
+/// How many TLS 1.3 tickets rustls' memory cache keeps per server: its `size` is in tickets.
+const TLS13_TICKETS_PER_SERVER: usize = 8;
 
 /// The rustls client configuration: platform roots plus the configured CA file.
 pub fn tls_config(egress: &EgressConfig) -> Result<ClientConfig, ClientError> {

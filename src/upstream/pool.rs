@@ -52,6 +52,7 @@ use super::breaker::{Admission, Breaker, BreakerPolicy, CircuitState};
 use crate::client_cert::ClientCertificate;
 use crate::config::ProxyConfig;
 use crate::egress::GuardedConnector;
+use crate::metrics::UpstreamMetrics;
 use crate::store::Endpoint;
 
 /// How long an idle upstream connection is kept by default (`[proxy] pool_idle_timeout`): below
@@ -140,6 +141,7 @@ pub struct Upstream {
     tls_config: Arc<rustls::ClientConfig>,
     /// The connector of origins without a client certificate.
     tls: TlsConnector,
+    metrics: UpstreamMetrics,
     shared: Arc<Shared>,
     /// Every origin, by scheme, lowercase host, port (the default port spelled out or not is
     /// one origin) and the fingerprint of the client certificate its connections present, for
@@ -236,6 +238,7 @@ impl Upstream {
         connector: GuardedConnector,
         mut tls: rustls::ClientConfig,
         limits: PoolLimits,
+        metrics: UpstreamMetrics,
     ) -> Self {
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tls_config = Arc::new(tls);
@@ -248,6 +251,7 @@ impl Upstream {
             connector,
             tls: TlsConnector::from(Arc::clone(&tls_config)),
             tls_config,
+            metrics,
             shared: Arc::new(Shared {
                 limits,
                 breaker,
@@ -429,7 +433,12 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::TlsTimeout(timeout))?
             .map_err(UpstreamError::Tls)?;
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let session = tls.get_ref().1;
+        match session.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => self.metrics.tls_resumed.inc(),
+            _ => self.metrics.tls_full.inc(),
+        }
+        let h2 = session.alpn_protocol() == Some(b"h2");
         Ok((TokioIo::new(Either::Right(tls)), h2))
     }
 
@@ -925,6 +934,7 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
             limits(),
+            crate::metrics::Metrics::new().unwrap().upstream.clone(),
         );
         let a = pool.origin(&"https://example.com/a".parse().unwrap(), None);
         let b = pool.origin(&"https://example.com:443/b?x".parse().unwrap(), None);
