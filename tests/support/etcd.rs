@@ -1,16 +1,15 @@
 //! A real etcd on loopback for tests (free ports, temp data dir, killed by PID on drop); `None`
-//! with a skip line when `/usr/bin/etcd` is not installed. A copy of `tests/etcd.rs`'s helper for
-//! the tests that include it with `#[path]`.
+//! with a skip line when `/usr/bin/etcd` is not installed. Included with `#[path]` by the tests
+//! that need it (`tests/etcd.rs`, `tests/secrets.rs`).
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use super::support::Pki;
+use super::support::{free_port, Pki};
 
 const ETCD: &str = "/usr/bin/etcd";
 
@@ -100,7 +99,7 @@ impl Etcd {
     }
 
     /// Kills etcd (SIGKILL to its PID) and waits for it.
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -108,7 +107,7 @@ impl Etcd {
     }
 
     /// Starts it again on the same ports and data.
-    fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.stop();
         self.run();
     }
@@ -128,12 +127,4 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
