@@ -11,11 +11,13 @@ mod auth;
 mod client_certificate;
 mod error;
 mod idempotent;
+pub mod server;
 pub mod webhooks;
 
 use std::io;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{FromRef, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -23,7 +25,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -32,6 +33,7 @@ use uuid::Uuid;
 pub use auth::Tokens;
 pub use error::{AdminError, ErrorBody};
 
+use crate::listen::Listener;
 use crate::state::AppState;
 
 /// The OpenAPI document of the admin API, generated from the handlers' annotations.
@@ -76,7 +78,9 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 #[derive(Clone, Debug)]
 pub struct AdminState {
     app: Arc<AppState>,
-    tokens: Arc<Tokens>,
+    /// Replaced whole when a config reload changes the tokens or the rate limit, so a revoked
+    /// token is refused from the next request on.
+    tokens: Arc<ArcSwap<Tokens>>,
 }
 
 impl FromRef<AdminState> for Arc<AppState> {
@@ -87,13 +91,13 @@ impl FromRef<AdminState> for Arc<AppState> {
 
 impl FromRef<AdminState> for Arc<Tokens> {
     fn from_ref(state: &AdminState) -> Self {
-        Arc::clone(&state.tokens)
+        state.tokens.load_full()
     }
 }
 
 /// The admin routes, authenticating with `tokens`. `route_layer` must stay after the last route
 /// so it wraps every one.
-pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
+pub fn router(state: Arc<AppState>, tokens: Arc<ArcSwap<Tokens>>) -> Router {
     Router::new()
         .route(
             "/api/v1/webhooks",
@@ -132,22 +136,63 @@ pub fn router(state: Arc<AppState>, tokens: Arc<Tokens>) -> Router {
         .with_state(AdminState { app: state, tokens })
 }
 
+/// Open admin connections at most when `[admin] max_connections` is unset and `serve` has not
+/// derived it from the file-descriptor limit ([`crate::limits`]).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
 /// Serves the admin port on `listener` until `shutdown` fires, then lets open requests finish
 /// for up to `[server] shutdown_grace`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let grace = state.config.server.shutdown_grace;
-    let tokens = Arc::new(Tokens::new(&state.config.admin));
-    let server = axum::serve(listener, router(state, tokens))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    tokio::select! {
-        result = server => result,
-        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(grace = ?grace, "shutdown grace elapsed; cutting open admin connections");
-            Ok(())
+    let config = &state.config.admin;
+    let limits = server::Limits {
+        max_connections: config.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        header_read_timeout: config.header_read_timeout,
+        body_read_timeout: config.body_read_timeout,
+        shutdown_grace: state.config.server.shutdown_grace,
+    };
+    let tokens = Arc::new(ArcSwap::from_pointee(Tokens::new(
+        &state.live.borrow().admin,
+    )));
+    tokio::spawn(follow_token_changes(
+        Arc::clone(&state),
+        Arc::clone(&tokens),
+        shutdown.clone(),
+    ));
+    let router = router(Arc::clone(&state), tokens)
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_body_bytes));
+    server::serve(listener, router, limits, shutdown).await
+}
+
+/// Rebuilds the token table whenever a config reload changes `[[admin.tokens]]` or
+/// `rate_limit_per_minute` (the rate limiters start afresh then).
+async fn follow_token_changes(
+    state: Arc<AppState>,
+    tokens: Arc<ArcSwap<Tokens>>,
+    shutdown: CancellationToken,
+) {
+    let mut changes = state.live.subscribe();
+    let grants = |config: &crate::config::Config| {
+        format!(
+            "{:?}{}",
+            config.admin.tokens, config.admin.rate_limit_per_minute
+        )
+    };
+    let mut current = grants(&changes.borrow_and_update());
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+        }
+        let config = Arc::clone(&changes.borrow_and_update());
+        let now = grants(&config);
+        if now != current {
+            tokens.store(Arc::new(Tokens::new(&config.admin)));
+            tracing::info!(tokens = config.admin.tokens.len(), "admin tokens reloaded");
+            current = now;
         }
     }
 }
@@ -228,7 +273,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.store.is_loaded() {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if state.store.is_loaded() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "store not loaded\n").into_response()

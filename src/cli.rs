@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, StoreBackend};
+use crate::config::{self, Config, Listen, StoreBackend};
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
 use crate::state::{self, AppState};
@@ -29,6 +30,21 @@ use crate::store::{Backend, EndpointRecord, Snapshot};
 use crate::upstream::client;
 use crate::{audit, keyring};
 use crate::{Listeners, RunError};
+
+/// `println!` for a pipe that may be closed (`hooksign check | head -c0`): a write error ends
+/// nothing, the command keeps its exit code.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!`, likewise.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr().lock(), $($arg)*);
+    }};
+}
 
 /// How long `healthcheck` waits for `/healthz`.
 const HEALTHCHECK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -199,11 +215,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
             let body = read_input(file.as_deref())?;
             match verify(&Secret::new(secret), &message, &body, &signature) {
                 Ok(true) => {
-                    eprintln!("signature valid");
+                    tell!("signature valid");
                     Ok(ExitCode::SUCCESS)
                 }
                 Ok(false) => {
-                    eprintln!("signature does not match");
+                    tell!("signature does not match");
                     Ok(ExitCode::FAILURE)
                 }
                 Err(why) => Ok(usage_error(&why)),
@@ -226,11 +242,11 @@ pub fn run(cli: Cli) -> Result<ExitCode, RunError> {
         },
         Command::Audit(AuditCommand::Verify { path }) => match audit::verify(&path) {
             Ok(lines) => {
-                println!("{}: {lines} line(s), chain intact", path.display());
+                say!("{}: {lines} line(s), chain intact", path.display());
                 Ok(ExitCode::SUCCESS)
             }
             Err(err) => {
-                eprintln!("{}: {err}", path.display());
+                tell!("{}: {err}", path.display());
                 Ok(ExitCode::FAILURE)
             }
         },
@@ -244,13 +260,13 @@ fn rekey(path: &Path) -> Result<ExitCode, RunError> {
     let sealer = match state::sealer_for(&config) {
         Ok(sealer) => sealer.permissive(),
         Err(err) => {
-            eprintln!("hooksign: {err}");
+            tell!("hooksign: {err}");
             return Ok(ExitCode::FAILURE);
         }
     };
     let primary = sealer.primary().unwrap_or_default();
     let report = |done: usize, total: usize| {
-        eprintln!("rekey: {done}/{total} re-encrypted under key {primary:?}");
+        tell!("rekey: {done}/{total} re-encrypted under key {primary:?}");
     };
     let outcome = match config.store.backend {
         StoreBackend::File => FileBackend::new(config.store.path.clone())
@@ -265,14 +281,14 @@ fn rekey(path: &Path) -> Result<ExitCode, RunError> {
     };
     match outcome {
         Ok(count) => {
-            println!(
+            say!(
                 "rekey: done, {count} re-encrypted; every secret is under key {:?}",
                 sealer.primary().unwrap_or_default()
             );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!(
+            tell!(
                 "hooksign: rekey stopped: {}",
                 crate::error_chain::error_chain(&err)
             );
@@ -305,7 +321,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                     .import(&records)
                     .await
                     .map_err(|err| err.to_string())?;
-                eprintln!("imported {written} endpoint(s) from {}", file.display());
+                tell!("imported {written} endpoint(s) from {}", file.display());
                 Ok(())
             }
             StoreAction::Export(file) => {
@@ -318,7 +334,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                             .write_records(records)
                             .await
                             .map_err(|err| err.to_string())?;
-                        eprintln!("exported {count} endpoint(s) to {}", file.display());
+                        tell!("exported {count} endpoint(s) to {}", file.display());
                     }
                     None => {
                         let sealed = records
@@ -328,7 +344,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
                             .map_err(|err| err.to_string())?;
                         let text = file_store::render(&sealed);
                         write_stdout(&text).map_err(|err| err.to_string())?;
-                        eprintln!("exported {count} endpoint(s)");
+                        tell!("exported {count} endpoint(s)");
                     }
                 }
                 Ok(())
@@ -338,7 +354,7 @@ fn store_command(path: &Path, action: StoreAction) -> Result<ExitCode, RunError>
     match outcome {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(why) => {
-            eprintln!("hooksign: {why}");
+            tell!("hooksign: {why}");
             Ok(ExitCode::FAILURE)
         }
     }
@@ -362,6 +378,7 @@ fn read_store_file(file: &Path, sealer: &Sealer) -> Result<Vec<EndpointRecord>, 
 
 /// The text `sign` prints: the bare hex for storno, else `name: value` header lines.
 fn sign(secret: &Secret, message: &MessageArgs, body: &[u8]) -> Result<String, String> {
+    check_secret_arg(message.scheme, secret)?;
     let timestamp = message.timestamp.unwrap_or_else(signing::unix_now);
     let id = || {
         message
@@ -416,6 +433,11 @@ fn verify(
     body: &[u8],
     signature: &str,
 ) -> Result<bool, String> {
+    let public_key = message.scheme == Scheme::StandardWebhooksEd25519
+        && secret.expose().starts_with(ed25519::PUBLIC_PREFIX);
+    if !public_key {
+        check_secret_arg(message.scheme, secret)?;
+    }
     let signature = signature.trim();
     let id_and_timestamp = || {
         match (&message.id, message.timestamp) {
@@ -448,19 +470,47 @@ fn verify(
     })
 }
 
+/// Refuses a `--secret` that is not a key of `scheme` (a masked `whsec_••••` copied from the
+/// API, a truncated value): signing with it would print a signature no receiver accepts.
+fn check_secret_arg(scheme: Scheme, secret: &Secret) -> Result<(), String> {
+    if secret.expose().contains('•') {
+        return Err(
+            "--secret is the masked value the API shows, not the secret: use the \
+                    secret returned by create or regenerate-secret"
+                .into(),
+        );
+    }
+    scheme
+        .check_secret(secret)
+        .map_err(|err| format!("--secret is not a {scheme} secret: {err}"))
+}
+
 /// A command-line problem clap could not see: printed, exit 2 (clap's usage code).
 fn usage_error(why: &str) -> ExitCode {
-    eprintln!("hooksign: {why}");
+    tell!("hooksign: {why}");
     ExitCode::from(2)
 }
 
 fn serve(path: &Path) -> Result<ExitCode, RunError> {
-    let config = Config::load(path)?;
-    crate::init_logging(config.log.format);
+    let mut config = Config::load(path)?;
+    let format = config.log.format;
+    crate::init_logging(format, config.log.filter.as_deref());
+    let as_read = config.clone();
+    let budget = crate::limits::Budget::derive(crate::limits::raise_nofile_limit(), &config);
+    budget.apply(&mut config);
+    tracing::info!(
+        open_file_limit = budget.limit,
+        proxy_connections = config.proxy.max_connections,
+        admin_connections = config.admin.max_connections,
+        idle_upstream = config.proxy.pool_max_idle,
+        "connection caps"
+    );
     let runtime = runtime(config.server.worker_threads)?;
     runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
         let state = AppState::build(config).await?;
+        // Reloads compare with the file as read, not with the caps fitted to the fd limit.
+        state.live.send_replace(Arc::new(as_read));
         // Handlers first, then the ready line: whoever reads it may signal at once.
         let signalled = crate::shutdown_signal();
         let shutdown = CancellationToken::new();
@@ -470,15 +520,29 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
             source,
         })?;
         tracing::info!("{ready}");
+        let ready = match format {
+            config::LogFormat::Text => ready,
+            // Every line hooksign prints parses as JSON in JSON mode, the ready line too.
+            config::LogFormat::Json => {
+                let mut fields = serde_json::Map::new();
+                fields.insert("message".into(), "ready".into());
+                for field in ready.split_whitespace().skip(1) {
+                    if let Some((key, value)) = field.split_once('=') {
+                        fields.insert(key.into(), value.into());
+                    }
+                }
+                serde_json::Value::Object(fields).to_string()
+            }
+        };
         crate::announce(&ready).map_err(|source| RunError::Io {
             what: "writing the ready line",
             source,
         })?;
-        let signal = shutdown.clone();
-        tokio::spawn(async move {
-            signalled.await;
-            signal.cancel();
-        });
+        tokio::spawn(crate::drain_after(
+            Arc::clone(&state),
+            signalled,
+            shutdown.clone(),
+        ));
         crate::serve(state, listeners, shutdown).await?;
         tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
@@ -487,16 +551,34 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
 
 /// Validates everything `serve` would load; prints each problem.
 fn check(path: &Path) -> ExitCode {
-    let problems = match Config::load(path) {
-        Err(err) => err.problems(),
-        Ok(config) if config.store.backend == StoreBackend::Etcd => {
+    // Config problems do not stop the check: the store the config names is checked too, so
+    // one run lists everything.
+    let loaded = std::fs::read_to_string(path)
+        .map_err(|source| config::ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+        .and_then(|text| Config::parse_with_problems(&text, path));
+    let (config, mut problems) = match loaded {
+        Ok((config, problems)) => (
+            Some(config),
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+        ),
+        Err(err) => (None, err.problems()),
+    };
+    problems.extend(match config {
+        None => Vec::new(),
+        Some(config) if config.store.backend == StoreBackend::Etcd => {
             let mut problems = check_etcd(&config);
             if let Err(err) = client::tls_config(&config.egress) {
                 problems.push(err.to_string());
             }
             problems
         }
-        Ok(config) => {
+        Some(config) => {
             let mut problems = Vec::new();
             let sealer = match checked_sealer(&config) {
                 Ok(sealer) => sealer,
@@ -510,9 +592,9 @@ fn check(path: &Path) -> ExitCode {
                 .load_file()
             {
                 Ok(Some(snapshot)) => {
-                    println!("store {}: {} endpoints", config.store.path.display(), snapshot.len())
+                    say!("store {}: {} endpoints", config.store.path.display(), snapshot.len())
                 }
-                Ok(None) => println!(
+                Ok(None) => say!(
                     "store {}: does not exist yet (an empty store; the first admin write creates it)",
                     config.store.path.display()
                 ),
@@ -523,15 +605,15 @@ fn check(path: &Path) -> ExitCode {
             }
             problems
         }
-    };
+    });
     if problems.is_empty() {
-        println!("config {}: ok", path.display());
+        say!("config {}: ok", path.display());
         ExitCode::SUCCESS
     } else {
         for problem in &problems {
-            eprintln!("{problem}");
+            tell!("{problem}");
         }
-        eprintln!("{} problem(s) found", problems.len());
+        tell!("{} problem(s) found", problems.len());
         ExitCode::FAILURE
     }
 }
@@ -540,7 +622,7 @@ fn check(path: &Path) -> ExitCode {
 fn checked_sealer(config: &Config) -> Result<Sealer, String> {
     let sealer = state::sealer_for(config).map_err(|err| crate::error_chain::error_chain(&err))?;
     if let (Some(path), Some(keyring)) = (&config.store.keyring, sealer.keyring()) {
-        println!(
+        say!(
             "keyring {}: primary {:?}, keys {}",
             path.display(),
             keyring.primary(),
@@ -568,7 +650,7 @@ fn check_etcd(config: &Config) -> Vec<String> {
         };
         match loaded {
             Ok(snapshot) => {
-                println!(
+                say!(
                     "store etcd {} prefix {}: {} endpoints",
                     etcd.endpoints.join(","),
                     etcd.prefix,
@@ -603,44 +685,65 @@ fn token(name: &str) -> Result<ExitCode, RunError> {
 }
 
 fn healthcheck(path: &Path) -> ExitCode {
-    let addr = match Config::load(path) {
-        Ok(config) => loopback_for(config.admin.listen),
+    let listen = match Config::load(path) {
+        Ok(config) => match config.admin.listen {
+            Listen::Tcp(addr) => Listen::Tcp(loopback_for(addr)),
+            unix => unix,
+        },
         Err(err) => {
-            eprintln!("hooksign: {err}");
+            tell!("hooksign: {err}");
             return ExitCode::FAILURE;
         }
     };
     let runtime = match runtime(1) {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("hooksign: {err}");
+            tell!("hooksign: {err}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(async { tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe(addr)).await }) {
+    let addr = match &listen {
+        Listen::Tcp(addr) => addr.to_string(),
+        Listen::Unix { path, .. } => format!("unix:{}", path.display()),
+    };
+    match runtime
+        .block_on(async { tokio::time::timeout(HEALTHCHECK_TIMEOUT, probe(&listen)).await })
+    {
         Ok(Ok(200)) => ExitCode::SUCCESS,
         Ok(Ok(status)) => {
-            eprintln!("http://{addr}/healthz answered {status}");
+            tell!("http://{addr}/healthz answered {status}");
             ExitCode::FAILURE
         }
         Ok(Err(err)) => {
-            eprintln!("http://{addr}/healthz: {err}");
+            tell!("http://{addr}/healthz: {err}");
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!("http://{addr}/healthz: no answer within {HEALTHCHECK_TIMEOUT:?}");
+            tell!("http://{addr}/healthz: no answer within {HEALTHCHECK_TIMEOUT:?}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn probe(addr: SocketAddr) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+async fn probe(listen: &Listen) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
+    let (stream, host) = match listen {
+        Listen::Tcp(addr) => (
+            crate::listen::Stream::Left(tokio::net::TcpStream::connect(addr).await?),
+            addr.to_string(),
+        ),
+        #[cfg(unix)]
+        Listen::Unix { path, .. } => (
+            crate::listen::Stream::Right(tokio::net::UnixStream::connect(path).await?),
+            "localhost".to_owned(),
+        ),
+        #[cfg(not(unix))]
+        Listen::Unix { .. } => return Err("unix sockets need a Unix system".into()),
+    };
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = http::Request::get("/healthz")
-        .header(http::header::HOST, addr.to_string())
+        .header(http::header::HOST, host)
         .body(Empty::<Bytes>::new())?;
     Ok(sender.send_request(request).await?.status().as_u16())
 }

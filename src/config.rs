@@ -35,10 +35,43 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// Where a port listens (`listen`, `listen_mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `"127.0.0.1:8080"`, `"[::1]:8080"` or `"localhost:8080"` (loopback, IPv4).
+    Tcp(SocketAddr),
+    /// `"unix:/run/hooksign/proxy.sock"` (a relative path starts from the config's directory),
+    /// created with `listen_mode` (default `"0660"`).
+    Unix { path: PathBuf, mode: u32 },
+}
+
+impl Listen {
+    /// The TCP address, if it is one.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(addr) => Some(*addr),
+            Self::Unix { .. } => None,
+        }
+    }
+
+    /// Whether only this host can connect: a loopback address or a Unix socket.
+    pub fn is_local(&self) -> bool {
+        match self {
+            Self::Tcp(addr) => addr.ip().is_loopback(),
+            Self::Unix { .. } => true,
+        }
+    }
+}
+
 /// `[proxy]`: the application-facing listener and the delivery path.
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// `allow_remote`: the proxy port may listen on an address other hosts can reach.
+    pub allow_remote: bool,
+    /// `[[proxy.tokens]]`: when any is listed, every delivery must carry
+    /// `Proxy-Authorization: Bearer <token>` matching one.
+    pub tokens: Vec<ProxyToken>,
     pub max_body_bytes: u64,
     pub upstream_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -79,10 +112,28 @@ pub struct ProxyConfig {
     pub auto_disable_after: u32,
 }
 
+/// One `[[proxy.tokens]]` entry: the application's credential for the proxy port. Only the
+/// SHA-256 of the token is held.
+#[derive(Clone, Debug)]
+pub struct ProxyToken {
+    pub name: String,
+    pub sha256: [u8; 32],
+}
+
 /// `[admin]`: the operator-facing listener.
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
-    pub listen: SocketAddr,
+    pub listen: Listen,
+    /// `max_connections`: open admin connections at most (`None`: derived from the process's
+    /// file-descriptor limit at start).
+    pub max_connections: Option<usize>,
+    /// `header_read_timeout`: the longest wait for a request's head.
+    pub header_read_timeout: Duration,
+    /// `body_read_timeout`: the longest a request's body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// `max_body_bytes`: the largest request body, read only once the caller is authenticated
+    /// and allowed.
+    pub max_body_bytes: usize,
     pub rate_limit_per_minute: u32,
     pub tokens: Vec<AdminToken>,
     /// `[admin] audit_log`: the hash-chained audit log of admin writes, resolved against the
@@ -221,6 +272,9 @@ pub struct EventsConfig {
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub shutdown_grace: Duration,
+    /// `drain_delay`: after SIGTERM, how long the proxy keeps accepting (with `/readyz` 503)
+    /// before it stops and drains; zero stops at once.
+    pub drain_delay: Duration,
     pub worker_threads: usize,
 }
 
@@ -228,6 +282,11 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub struct LogConfig {
     pub format: LogFormat,
+    /// `access`: one log line per delivery (target `hooksign::access`).
+    pub access: bool,
+    /// `filter`: the log filter (`RUST_LOG` syntax, such as `"info,hooksign=debug"`); applied
+    /// live on reload. None: `RUST_LOG`, else `info`.
+    pub filter: Option<String>,
 }
 
 /// `[log] format`.
@@ -246,12 +305,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("config {}: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
+    /// Not TOML. `message` is the position and reason, never the source text (which may hold
+    /// a secret pasted in the wrong place).
+    #[error("config {}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
     #[error("config {}: {}", path.display(), problems.join("; "))]
     Invalid {
         path: PathBuf,
@@ -282,14 +339,11 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates `text`, which was read from `path`.
+    /// Parses and validates `text`, which was read from `path`. Every problem is collected:
+    /// unknown sections and keys, values of the wrong type (each section is read on after one),
+    /// and every rule [`RawConfig::validate`] checks. Only a TOML syntax error stops at once.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })?;
-        let mut problems = Vec::new();
-        let config = raw.validate(path, &mut problems);
+        let (config, problems) = Self::parse_with_problems(text, path)?;
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -298,6 +352,33 @@ impl Config {
                 problems,
             })
         }
+    }
+
+    /// As [`Config::parse`], but a config with problems is returned too, each key that had one
+    /// at its default: `hooksign check` goes on to check the store it names. Only text that is
+    /// not TOML is an error.
+    pub fn parse_with_problems(
+        text: &str,
+        path: &Path,
+    ) -> Result<(Self, Vec<String>), ConfigError> {
+        let table: toml::Table = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            message: crate::toml_error::describe(&source, text),
+        })?;
+        let mut problems = Vec::new();
+        let raw = RawConfig::from_table(table, &mut problems);
+        let config = raw.validate(path, &mut problems);
+        let problems = problems
+            .into_iter()
+            .map(|problem| match problem.split_once(": ") {
+                Some((key, what)) => match line_of(text, key) {
+                    Some(line) => format!("{key} (line {line}): {what}"),
+                    None => problem,
+                },
+                None => problem,
+            })
+            .collect();
+        Ok((config, problems))
     }
 
     /// The built-in defaults (every key unset), as if read from `path`.
@@ -315,7 +396,7 @@ pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
 // === raw file types ===
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawConfig {
     proxy: RawProxy,
     admin: RawAdmin,
@@ -328,9 +409,12 @@ struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawProxy {
     listen: String,
+    listen_mode: String,
+    allow_remote: bool,
+    tokens: Vec<RawProxyToken>,
     max_body_bytes: u64,
     upstream_timeout: String,
     header_read_timeout: String,
@@ -356,6 +440,9 @@ impl Default for RawProxy {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            listen_mode: DEFAULT_SOCKET_MODE.into(),
+            allow_remote: false,
+            tokens: Vec::new(),
             max_body_bytes: 1024 * 1024,
             upstream_timeout: "30s".into(),
             header_read_timeout: "10s".into(),
@@ -380,9 +467,14 @@ impl Default for RawProxy {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawAdmin {
     listen: String,
+    listen_mode: String,
+    max_connections: Option<usize>,
+    header_read_timeout: String,
+    body_read_timeout: String,
+    max_body_bytes: usize,
     rate_limit_per_minute: u32,
     tokens: Vec<RawToken>,
     audit_log: Option<PathBuf>,
@@ -392,6 +484,11 @@ impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            listen_mode: DEFAULT_SOCKET_MODE.into(),
+            max_connections: None,
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "10s".into(),
+            max_body_bytes: 256 * 1024,
             rate_limit_per_minute: 120,
             tokens: Vec::new(),
             audit_log: None,
@@ -400,7 +497,7 @@ impl Default for RawAdmin {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+
 struct RawToken {
     name: String,
     sha256: String,
@@ -409,12 +506,21 @@ struct RawToken {
     companies: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+struct RawProxyToken {
+    name: String,
+    sha256: String,
+}
+
+/// A Unix socket's mode unless `listen_mode` says otherwise: owner and group.
+const DEFAULT_SOCKET_MODE: &str = "0660";
+
 fn all_companies() -> Vec<String> {
     vec!["*".into()]
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawStore {
     backend: String,
     path: PathBuf,
@@ -436,7 +542,7 @@ impl Default for RawStore {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawEtcd {
     endpoints: Vec<String>,
     prefix: String,
@@ -462,7 +568,7 @@ impl Default for RawEtcd {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawSigning {
     header: String,
 }
@@ -476,7 +582,7 @@ impl Default for RawSigning {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawEgress {
     allow_http: bool,
     allow_private: bool,
@@ -489,15 +595,16 @@ struct RawEgress {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawEvents {
     catalog: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawServer {
     shutdown_grace: String,
+    drain_delay: String,
     worker_threads: Option<usize>,
 }
 
@@ -505,22 +612,163 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             shutdown_grace: "25s".into(),
+            drain_delay: "5s".into(),
             worker_threads: None,
         }
     }
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 struct RawLog {
     format: String,
+    access: bool,
+    filter: Option<String>,
 }
 
 impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: "text".into(),
+            access: false,
+            filter: None,
         }
+    }
+}
+
+// === reading sections ===
+
+impl RawConfig {
+    /// The sections of `table`, each read on its own so that one bad section or value does not
+    /// hide the problems of the others.
+    fn from_table(table: toml::Table, problems: &mut Vec<String>) -> Self {
+        let mut raw = Self::default();
+        for (name, value) in table {
+            match name.as_str() {
+                "proxy" => raw.proxy = section(&name, value, problems),
+                "admin" => raw.admin = section(&name, value, problems),
+                "store" => raw.store = section(&name, value, problems),
+                "signing" => raw.signing = section(&name, value, problems),
+                "egress" => raw.egress = section(&name, value, problems),
+                "events" => raw.events = section(&name, value, problems),
+                "server" => raw.server = section(&name, value, problems),
+                "log" => raw.log = section(&name, value, problems),
+                _ => problems.push(format!(
+                    "{name}: unknown section (expected proxy, admin, store, signing, egress, \
+                     events, server or log)"
+                )),
+            }
+        }
+        raw
+    }
+}
+
+/// Reads one section. A key of the wrong type is reported and left out (its default applies),
+/// and the section is read again, so every such key is reported; unknown keys are reported too.
+fn section<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    mut value: toml::Value,
+    problems: &mut Vec<String>,
+) -> T {
+    // Each round removes one key, so this ends; the bound only guards against a surprise.
+    for _ in 0..256 {
+        let mut unknown = Vec::new();
+        let read: Result<T, _> =
+            serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
+                value.clone(),
+                &mut |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
+            ));
+        match read {
+            Ok(section) => {
+                for key in unknown {
+                    problems.push(format!("{name}.{key}: unknown key"));
+                }
+                return section;
+            }
+            Err(err) => {
+                let at = err.path().to_string();
+                let key = if at == "." {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{at}")
+                };
+                problems.push(format!(
+                    "{key}: {}",
+                    crate::toml_error::reason(err.inner().message())
+                ));
+                if !remove_at(&mut value, err.path()) {
+                    return T::default();
+                }
+            }
+        }
+    }
+    T::default()
+}
+
+/// The line where `key` (a dotted path such as `proxy.listen`, `store.etcd.prefix`,
+/// `admin.tokens[0].name` or a section name) is set in `text`, when it is written in the usual
+/// `[table]` / `key = value` layout.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    let segments: Vec<&str> = key
+        .split(['.', '['])
+        .map(|s| s.trim_end_matches(']'))
+        .filter(|s| !s.is_empty() && !s.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    let (name, table) = segments.split_last()?;
+    let table = table.join(".");
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[') {
+            current = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+            if table.is_empty() && current == *name {
+                return Some(index + 1);
+            }
+            continue;
+        }
+        if current == table {
+            if let Some(rest) = trimmed.strip_prefix(name) {
+                if rest.trim_start().starts_with('=') {
+                    return Some(index + 1);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the value at `path` from `value`; false when there is nothing to remove (the error
+/// was about `value` itself).
+fn remove_at(value: &mut toml::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut here = value;
+    for segment in parents {
+        here = match (segment, here) {
+            (Segment::Map { key }, toml::Value::Table(table)) => match table.get_mut(key) {
+                Some(next) => next,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(items)) => match items.get_mut(*index) {
+                Some(next) => next,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, here) {
+        (Segment::Map { key }, toml::Value::Table(table)) => table.remove(key).is_some(),
+        (Segment::Seq { index }, toml::Value::Array(items)) if *index < items.len() => {
+            items.remove(*index);
+            true
+        }
+        _ => false,
     }
 }
 
@@ -531,8 +779,26 @@ impl RawConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut problem = |key: &str, what: String| problems.push(format!("{key}: {what}"));
 
+        let mut proxy_tokens = Vec::with_capacity(self.proxy.tokens.len());
+        for (i, raw) in self.proxy.tokens.iter().enumerate() {
+            let key = format!("proxy.tokens[{i}]");
+            if let Some(sha256) = token_hash(&key, &raw.sha256, &mut problem) {
+                proxy_tokens.push(ProxyToken {
+                    name: raw.name.clone(),
+                    sha256,
+                });
+            }
+        }
         let proxy = ProxyConfig {
-            listen: socket_addr("proxy.listen", &self.proxy.listen, &mut problem),
+            listen: listen(
+                "proxy",
+                &self.proxy.listen,
+                &self.proxy.listen_mode,
+                base,
+                &mut problem,
+            ),
+            allow_remote: self.proxy.allow_remote,
+            tokens: proxy_tokens,
             max_body_bytes: self.proxy.max_body_bytes,
             upstream_timeout: duration(
                 "proxy.upstream_timeout",
@@ -589,22 +855,84 @@ impl RawConfig {
             max_connections: self.proxy.max_connections,
             auto_disable_after: self.proxy.auto_disable_after,
         };
-        if proxy.max_body_bytes == 0 {
-            problem("proxy.max_body_bytes", "must be at least 1".into());
-        }
-        if proxy.max_connections == 0 {
-            problem("proxy.max_connections", "must be at least 1".into());
-        }
-        if proxy.max_connections_per_origin == 0 {
+        if !proxy.listen.is_local() && !proxy.allow_remote {
             problem(
-                "proxy.max_connections_per_origin",
-                "must be at least 1".into(),
+                "proxy.listen",
+                "other hosts could reach the proxy port and have any body signed with a \
+                 customer's secret: listen on loopback or a unix socket, or set \
+                 proxy.allow_remote = true (and list [[proxy.tokens]])"
+                    .into(),
             );
         }
-        if proxy.max_in_flight_per_endpoint == 0 {
-            problem(
-                "proxy.max_in_flight_per_endpoint",
-                "must be at least 1".into(),
+        let mut bounded = |key: &str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if !range.contains(&value) {
+                problem(
+                    key,
+                    format!("must be from {} to {}", range.start(), range.end()),
+                );
+            }
+        };
+        bounded(
+            "proxy.max_body_bytes",
+            proxy.max_body_bytes,
+            1..=MAX_BODY_BYTES,
+        );
+        bounded(
+            "proxy.max_connections",
+            proxy.max_connections as u64,
+            1..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.max_connections_per_origin",
+            proxy.max_connections_per_origin as u64,
+            1..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.pool_max_idle_per_origin",
+            proxy.pool_max_idle_per_origin as u64,
+            0..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.pool_max_idle",
+            proxy.pool_max_idle as u64,
+            0..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.max_in_flight_per_endpoint",
+            u64::from(proxy.max_in_flight_per_endpoint),
+            1..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.breaker_failures",
+            u64::from(proxy.breaker_failures),
+            0..=MAX_COUNT,
+        );
+        bounded(
+            "proxy.auto_disable_after",
+            u64::from(proxy.auto_disable_after),
+            0..=MAX_COUNT,
+        );
+        if let Some(limit) = proxy.max_response_bytes {
+            bounded("proxy.max_response_bytes", limit, 1..=MAX_RESPONSE_BYTES);
+        }
+        bounded(
+            "admin.rate_limit_per_minute",
+            u64::from(self.admin.rate_limit_per_minute),
+            1..=MAX_COUNT,
+        );
+        bounded(
+            "admin.max_body_bytes",
+            self.admin.max_body_bytes as u64,
+            1024..=MAX_BODY_BYTES,
+        );
+        if let Some(max) = self.admin.max_connections {
+            bounded("admin.max_connections", max as u64, 1..=MAX_COUNT);
+        }
+        if let Some(workers) = self.server.worker_threads {
+            bounded(
+                "server.worker_threads",
+                workers as u64,
+                1..=MAX_WORKER_THREADS,
             );
         }
         if proxy.tls_session_cache > MAX_TLS_SESSION_CACHE {
@@ -622,12 +950,6 @@ impl RawConfig {
         if proxy.pool_idle_timeout.is_zero() {
             problem("proxy.pool_idle_timeout", "must be more than 0".into());
         }
-        if proxy.max_response_bytes == Some(0) {
-            problem(
-                "proxy.max_response_bytes",
-                "must be at least 1 (leave it out for no limit)".into(),
-            );
-        }
         if proxy.response_timeout < proxy.upstream_timeout {
             problem(
                 "proxy.response_timeout",
@@ -643,22 +965,37 @@ impl RawConfig {
             }
         }
         let admin = AdminConfig {
-            listen: socket_addr("admin.listen", &self.admin.listen, &mut problem),
+            listen: listen(
+                "admin",
+                &self.admin.listen,
+                &self.admin.listen_mode,
+                base,
+                &mut problem,
+            ),
+            max_connections: self.admin.max_connections,
+            header_read_timeout: duration(
+                "admin.header_read_timeout",
+                &self.admin.header_read_timeout,
+                &mut problem,
+            ),
+            body_read_timeout: duration(
+                "admin.body_read_timeout",
+                &self.admin.body_read_timeout,
+                &mut problem,
+            ),
+            max_body_bytes: self.admin.max_body_bytes,
             rate_limit_per_minute: self.admin.rate_limit_per_minute,
             tokens,
             audit_log: self.admin.audit_log.as_ref().map(|p| base.join(p)),
         };
-        if admin.rate_limit_per_minute == 0 {
-            problem("admin.rate_limit_per_minute", "must be at least 1".into());
-        }
 
         let backend = match self.store.backend.as_str() {
             "file" => StoreBackend::File,
             "etcd" => StoreBackend::Etcd,
-            other => {
+            _ => {
                 problem(
                     "store.backend",
-                    format!("unknown backend {other:?} (expected \"file\" or \"etcd\")"),
+                    "unknown backend (expected \"file\" or \"etcd\")".into(),
                 );
                 StoreBackend::File
             }
@@ -679,12 +1016,20 @@ impl RawConfig {
         };
 
         let header = match HeaderName::from_bytes(self.signing.header.as_bytes()) {
-            Ok(name) => name,
-            Err(_) => {
+            Ok(name) if crate::signing::is_reserved_header(&name) => {
                 problem(
                     "signing.header",
-                    format!("{:?} is not a valid header name", self.signing.header),
+                    "names a header that HTTP, hooksign or another signature scheme owns \
+                     (hop-by-hop, Host, Content-Length, X-Webhook-*, X-Hooksign-*, \
+                     webhook-*, Stripe-Signature, X-Hub-Signature-256…): the signature would \
+                     be dropped or overwritten"
+                        .into(),
                 );
+                HeaderName::from_static("x-storno-signature")
+            }
+            Ok(name) => name,
+            Err(_) => {
+                problem("signing.header", "is not a valid header name".into());
                 HeaderName::from_static("x-storno-signature")
             }
         };
@@ -695,7 +1040,7 @@ impl RawConfig {
                 Some(net) => allow_cidrs.push(net),
                 None => problem(
                     &format!("egress.allow_cidrs[{i}]"),
-                    format!("{cidr:?} is not an address or CIDR block"),
+                    "is not an address or CIDR block".into(),
                 ),
             }
         }
@@ -738,11 +1083,7 @@ impl RawConfig {
         }
 
         let worker_threads = match self.server.worker_threads {
-            Some(0) => {
-                problem("server.worker_threads", "must be at least 1".into());
-                1
-            }
-            Some(n) => n,
+            Some(n) => n.clamp(1, MAX_WORKER_THREADS as usize),
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
         let server = ServerConfig {
@@ -751,20 +1092,36 @@ impl RawConfig {
                 &self.server.shutdown_grace,
                 &mut problem,
             ),
+            drain_delay: if humantime::parse_duration(&self.server.drain_delay)
+                .is_ok_and(|d| d.is_zero())
+            {
+                Duration::ZERO
+            } else {
+                duration("server.drain_delay", &self.server.drain_delay, &mut problem)
+            },
             worker_threads,
         };
 
         let format = match self.log.format.as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
-            other => {
+            _ => {
                 problem(
                     "log.format",
-                    format!("unknown format {other:?} (expected \"text\" or \"json\")"),
+                    "unknown format (expected \"text\" or \"json\")".into(),
                 );
                 LogFormat::Text
             }
         };
+
+        if let Some(filter) = &self.log.filter {
+            if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+                problem(
+                    "log.filter",
+                    "is not a filter such as \"info\" or \"warn,hooksign=debug\"".into(),
+                );
+            }
+        }
 
         Config {
             path: path.to_owned(),
@@ -777,31 +1134,29 @@ impl RawConfig {
                 catalog: self.events.catalog,
             },
             server,
-            log: LogConfig { format },
+            log: LogConfig {
+                format,
+                access: self.log.access,
+                filter: self.log.filter,
+            },
         }
     }
 }
 
 impl RawToken {
     fn validate(self, key: &str, problem: &mut impl FnMut(&str, String)) -> Option<AdminToken> {
-        let mut ok = true;
-        let mut sha256 = [0u8; 32];
-        if self.sha256.len() != 64 || hex::decode_to_slice(&self.sha256, &mut sha256).is_err() {
-            problem(
-                &format!("{key}.sha256"),
-                "must be 64 hex characters (the SHA-256 of the token)".into(),
-            );
-            ok = false;
-        }
+        let hash = token_hash(key, &self.sha256, problem);
+        let mut ok = hash.is_some();
+        let sha256 = hash.unwrap_or_default();
         let mut permissions = Vec::new();
         for p in &self.permissions {
             match p.as_str() {
                 "webhook.view" => permissions.push(Permission::View),
                 "webhook.manage" => permissions.push(Permission::Manage),
-                other => {
+                _ => {
                     problem(
                         &format!("{key}.permissions"),
-                        format!("unknown permission {other:?} (expected webhook.view or webhook.manage)"),
+                        "unknown permission (expected webhook.view or webhook.manage)".into(),
                     );
                     ok = false;
                 }
@@ -817,7 +1172,7 @@ impl RawToken {
                     Err(_) => {
                         problem(
                             &format!("{key}.companies"),
-                            format!("{c:?} is not a company uuid or \"*\""),
+                            "is not a company uuid or \"*\"".into(),
                         );
                         ok = false;
                     }
@@ -847,7 +1202,7 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
                 "http" => {
                     problem(
                         &format!("store.etcd.endpoints[{i}]"),
-                        format!("{endpoint:?} must be https:// when ca_file is set"),
+                        "must be https:// when ca_file is set".into(),
                     );
                     true
                 }
@@ -858,7 +1213,7 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
         if !scheme_ok {
             problem(
                 &format!("store.etcd.endpoints[{i}]"),
-                format!("{endpoint:?} is not a URL such as \"http://127.0.0.1:2379\""),
+                "is not a URL such as \"http://127.0.0.1:2379\"".into(),
             );
         }
     }
@@ -913,28 +1268,93 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
     }
 }
 
-fn socket_addr(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> SocketAddr {
-    text.parse().unwrap_or_else(|_| {
+/// Largest `max_body_bytes` (proxy and admin): 1 GiB.
+const MAX_BODY_BYTES: u64 = 1 << 30;
+/// Largest `max_response_bytes`: 1 TiB.
+const MAX_RESPONSE_BYTES: u64 = 1 << 40;
+/// Largest connection, idle, in-flight, failure and rate counts: far above any real setting,
+/// far below where arithmetic on them could overflow.
+const MAX_COUNT: u64 = 1 << 20;
+/// Largest `[server] worker_threads`.
+const MAX_WORKER_THREADS: u64 = 1024;
+/// Longest duration any key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// The SHA-256 of a token, as 64 hex characters.
+fn token_hash(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> Option<[u8; 32]> {
+    let mut sha256 = [0u8; 32];
+    if text.len() == 64 && hex::decode_to_slice(text, &mut sha256).is_ok() {
+        Some(sha256)
+    } else {
         problem(
-            key,
-            format!("{text:?} is not an address:port such as \"127.0.0.1:8080\""),
+            &format!("{key}.sha256"),
+            "must be 64 hex characters (the SHA-256 of the token)".into(),
         );
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    })
+        None
+    }
+}
+
+/// `<port>.listen` and `<port>.listen_mode`.
+fn listen(
+    port: &str,
+    text: &str,
+    mode: &str,
+    base: &Path,
+    problem: &mut impl FnMut(&str, String),
+) -> Listen {
+    let fallback = Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
+    if let Some(path) = text.strip_prefix("unix:") {
+        let mode = match u32::from_str_radix(mode, 8) {
+            Ok(mode) if mode <= 0o777 => mode,
+            _ => {
+                problem(
+                    &format!("{port}.listen_mode"),
+                    "must be an octal file mode such as \"0660\"".into(),
+                );
+                0o660
+            }
+        };
+        if path.is_empty() {
+            problem(&format!("{port}.listen"), "names no socket path".into());
+            return fallback;
+        }
+        return Listen::Unix {
+            path: base.join(path),
+            mode,
+        };
+    }
+    if let Some(port_text) = text.strip_prefix("localhost:") {
+        if let Ok(number) = port_text.parse::<u16>() {
+            return Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], number)));
+        }
+    }
+    match text.parse() {
+        Ok(addr) => Listen::Tcp(addr),
+        Err(_) => {
+            problem(
+                &format!("{port}.listen"),
+                "is not an address:port such as \"127.0.0.1:8080\" or \"localhost:8080\", \
+                 nor a socket path such as \"unix:/run/hooksign/proxy.sock\""
+                    .into(),
+            );
+            fallback
+        }
+    }
 }
 
 fn duration(key: &str, text: &str, problem: &mut impl FnMut(&str, String)) -> Duration {
     match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => d,
-        Ok(_) => {
+        Ok(d) if d.is_zero() => {
             problem(key, "must be longer than zero".into());
             Duration::from_secs(1)
         }
-        Err(err) => {
-            problem(
-                key,
-                format!("{text:?} is not a duration such as \"30s\" or \"500ms\" ({err})"),
-            );
+        Ok(d) if d > MAX_DURATION => {
+            problem(key, "must be at most 24h".into());
+            MAX_DURATION
+        }
+        Ok(d) => d,
+        Err(_) => {
+            problem(key, "is not a duration such as \"30s\" or \"500ms\"".into());
             Duration::from_secs(1)
         }
     }
@@ -1036,7 +1456,7 @@ fn forward_proxy(
         if name.is_empty() || url::Host::parse(&name).is_err() {
             problem(
                 &format!("egress.no_proxy[{i}]"),
-                format!("{entry:?} is not a host name, address or CIDR block"),
+                "is not a host name, address or CIDR block".into(),
             );
             continue;
         }
@@ -1071,14 +1491,20 @@ mod tests {
     #[test]
     fn empty_file_gives_the_spec_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.proxy.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            c.proxy.listen,
+            Listen::Tcp("127.0.0.1:8080".parse().unwrap())
+        );
         assert_eq!(c.proxy.max_body_bytes, 1_048_576);
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(30));
         assert_eq!(c.proxy.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.proxy.body_read_timeout, Duration::from_secs(30));
         assert_eq!(c.proxy.max_connections, 4096);
         assert_eq!(c.proxy.auto_disable_after, 0);
-        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            c.admin.listen,
+            Listen::Tcp("127.0.0.1:9090".parse().unwrap())
+        );
         assert_eq!(c.admin.rate_limit_per_minute, 120);
         assert!(c.admin.tokens.is_empty());
         assert_eq!(c.store.backend, StoreBackend::File);
@@ -1099,12 +1525,41 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_errors_with_a_position() {
-        let err = parse("[proxy]\nmax_body_byte = 10\n").unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("line 2"), "{text}");
-        assert!(text.contains("max_body_byte"), "{text}");
+    fn unknown_keys_are_errors_named_by_their_path() {
+        let err = parse("[proxy]\nmax_body_byte = 10\n[store.etcd]\nprefx = \"/\"\n").unwrap_err();
+        let problems = err.problems();
+        assert!(
+            problems[0].contains("proxy.max_body_byte (line 2): unknown key"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("store.etcd.prefx (line 4): unknown key"),
+            "{problems:?}"
+        );
         assert!(parse("[proxi]\n").is_err());
+        let syntax = parse("[proxy]\nlisten = \"whsec_unterminated\n").unwrap_err();
+        assert!(syntax.to_string().contains("line 2"), "{syntax}");
+        assert!(!syntax.to_string().contains("whsec_"), "{syntax}");
+    }
+
+    #[test]
+    fn a_wrong_type_is_reported_and_the_rest_of_its_section_still_read() {
+        let err =
+            parse("[proxy]\nupstream_timeout = 30\nmax_body_bytes = \"big\"\nlisten = \"nope\"\n")
+                .unwrap_err();
+        let problems = err.problems();
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        for key in [
+            "proxy.upstream_timeout",
+            "proxy.max_body_bytes",
+            "proxy.listen",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "{key}: {problems:#?}"
+            );
+        }
+        assert!(!problems.iter().any(|p| p.contains("big")), "{problems:#?}");
     }
 
     #[test]
@@ -1182,7 +1637,7 @@ mod tests {
         let err = parse("[store]\nrequire_encryption = true\n").unwrap_err();
         assert!(
             err.to_string()
-                .contains("store.require_encryption: needs [store] keyring"),
+                .contains("store.require_encryption (line 2): needs [store] keyring"),
             "{err}"
         );
     }

@@ -33,27 +33,31 @@ pub mod config;
 pub mod egress;
 pub mod error_chain;
 pub mod keyring;
+pub mod limits;
+pub mod listen;
 pub mod metrics;
 pub mod outcome;
 pub mod proxy;
+pub mod proxy_auth;
+pub mod reload;
 pub mod secret;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod toml_error;
 pub mod upstream;
 
 pub use state::{AppState, BuildError};
 
 use std::future::Future;
 use std::io::{self, IsTerminal, Write};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::listen::Listener;
 
 /// Why hooksign could not run.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +69,7 @@ pub enum RunError {
     #[error("binding {what} listener on {addr}: {source}")]
     Bind {
         what: &'static str,
-        addr: SocketAddr,
+        addr: String,
         #[source]
         source: io::Error,
     },
@@ -96,21 +100,33 @@ impl RunError {
 /// The proxy and admin listeners, bound.
 #[derive(Debug)]
 pub struct Listeners {
-    pub proxy: TcpListener,
-    pub admin: TcpListener,
+    pub proxy: Listener,
+    pub admin: Listener,
 }
 
 impl Listeners {
     /// Binds both addresses from the configuration.
     pub async fn bind(config: &Config) -> Result<Self, RunError> {
-        let bind = |what, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Bind { what, addr, source })
+        let bind = |what, listen: &config::Listen| {
+            let listen = listen.clone();
+            async move {
+                Listener::bind(&listen)
+                    .await
+                    .map_err(|source| RunError::Bind {
+                        what,
+                        addr: match &listen {
+                            config::Listen::Tcp(addr) => addr.to_string(),
+                            config::Listen::Unix { path, .. } => {
+                                format!("unix:{}", path.display())
+                            }
+                        },
+                        source,
+                    })
+            }
         };
         Ok(Self {
-            proxy: bind("proxy", config.proxy.listen).await?,
-            admin: bind("admin", config.admin.listen).await?,
+            proxy: bind("proxy", &config.proxy.listen).await?,
+            admin: bind("admin", &config.admin.listen).await?,
         })
     }
 
@@ -118,8 +134,8 @@ impl Listeners {
     pub fn ready_line(&self) -> io::Result<String> {
         Ok(format!(
             "ready proxy={} admin={}",
-            self.proxy.local_addr()?,
-            self.admin.local_addr()?
+            self.proxy.local()?,
+            self.admin.local()?
         ))
     }
 }
@@ -207,6 +223,8 @@ pub async fn serve(
 async fn flush_records_periodically(state: Arc<AppState>, shutdown: CancellationToken) -> u64 {
     let mut flushed_total = state.store.snapshot().delivery_total();
     let mut wait = RECORD_FLUSH_INTERVAL;
+    // A store that cannot be written (a read-only mount) is said so once, not every interval.
+    let mut told_read_only = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return flushed_total,
@@ -225,6 +243,15 @@ async fn flush_records_periodically(state: Arc<AppState>, shutdown: Cancellation
                     );
                 }
             }
+            Err(err @ (store::WriteError::ReadOnly(_) | store::WriteError::NotReplaceable)) => {
+                wait = RECORD_FLUSH_MAX_INTERVAL;
+                if !told_read_only {
+                    told_read_only = true;
+                    tracing::warn!(error = %err, "delivery records are kept in memory only");
+                } else {
+                    tracing::debug!(error = %err, "delivery records still not written");
+                }
+            }
             Err(err) => {
                 wait = RECORD_FLUSH_INTERVAL;
                 tracing::warn!(error = %err, "could not write delivery records; will retry");
@@ -233,9 +260,10 @@ async fn flush_records_periodically(state: Arc<AppState>, shutdown: Cancellation
     }
 }
 
-/// Starts live reload of the store: the file watch and `SIGHUP`. Call it before announcing
-/// readiness, so no change made after that is missed.
+/// Starts live reload of the config and the store: the file watches and `SIGHUP`. Call it
+/// before announcing readiness, so no change made after that is missed.
 pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
+    reload::watch_config(Arc::clone(state), shutdown.clone());
     // The etcd backend follows its own watch (started by `serve`); only a file needs watching.
     if state.config.store.backend == config::StoreBackend::File {
         if let Err(err) = store::watch::spawn(
@@ -285,7 +313,8 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             received = hangups.recv() => if received.is_none() { return },
         }
-        tracing::info!("SIGHUP received; reloading the store");
+        tracing::info!("SIGHUP received; reloading the config and the store");
+        reload::reload_config(&state);
         match &state.config.store.keyring {
             Some(keyring) => {
                 store::watch::reload_keyring(
@@ -299,6 +328,31 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             None => store::watch::reload_now(&state.store, &state.metrics.reload).await,
         }
     }
+}
+
+/// After the shutdown signal: `/readyz` turns 503 at once (load balancers and endpoint
+/// controllers stop sending), the proxy keeps serving for `[server] drain_delay` so deliveries
+/// already on their way are not refused, then `shutdown` fires and the servers drain. A second
+/// signal during the delay ends it early.
+pub async fn drain_after(
+    state: Arc<AppState>,
+    signalled: impl Future<Output = ()>,
+    shutdown: CancellationToken,
+) {
+    signalled.await;
+    state
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let delay = state.config.server.drain_delay;
+    if !delay.is_zero() {
+        tracing::info!(delay = ?delay, "not ready; still accepting deliveries for drain_delay");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown_signal() => tracing::info!("second signal; stopping now"),
+            () = shutdown.cancelled() => {}
+        }
+    }
+    shutdown.cancel();
 }
 
 /// Registers SIGTERM and SIGINT handlers now and returns a future that resolves when either
@@ -342,18 +396,50 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Installs the global `tracing` subscriber: `RUST_LOG` filters (default `info`), text or JSON.
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// The installed subscriber's filter, replaced by [`set_log_filter`] on a config reload.
+static LOG_FILTER: std::sync::OnceLock<
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
+> = std::sync::OnceLock::new();
+
+/// The filter `[log] filter` asks for, else `RUST_LOG`, else `info`.
+fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
+    configured
+        .and_then(|text| tracing_subscriber::EnvFilter::try_new(text).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// Installs the global `tracing` subscriber: `[log] filter`, else `RUST_LOG` (default `info`),
+/// text or JSON.
+pub fn init_logging(format: LogFormat, filter: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(log_filter(filter));
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let registry = tracing_subscriber::registry().with(filter);
+    let installed = match format {
+        LogFormat::Text => registry.with(lines).try_init(),
+        LogFormat::Json => registry.with(lines.json().flatten_event(true)).try_init(),
     };
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Replaces the log filter (a config reload changed `[log] filter`).
+pub fn set_log_filter(filter: Option<&str>) {
+    if let Some(handle) = LOG_FILTER.get() {
+        if let Err(err) = handle.reload(log_filter(filter)) {
+            tracing::warn!(error = %err, "could not replace the log filter");
+            return;
+        }
+        tracing::info!(
+            filter = filter.unwrap_or("RUST_LOG or info"),
+            "log filter reloaded"
+        );
+    }
 }
 
 /// Prints the ready line to stdout and flushes it.

@@ -125,6 +125,12 @@ pub struct Metrics {
     /// Keyring reload results (`hooksign_keyring_reloads_total`,
     /// `hooksign_keyring_last_reload_success`), handed to the keyring's watcher.
     pub keyring_reload: ReloadMetrics,
+    /// Config reload results (`hooksign_config_reloads_total`,
+    /// `hooksign_config_last_reload_success`).
+    pub config_reload: ReloadMetrics,
+    /// `hooksign_config_restart_required`: 1 while the config file holds a change to a key that
+    /// applies only at start (listeners, store backend, worker threads…).
+    pub config_restart_required: IntGauge,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     /// `hooksign_client_certificate_expiry_timestamp_seconds`: the soonest `notAfter` of the
@@ -264,6 +270,22 @@ impl Metrics {
             "1 if the last keyring reload succeeded (or none was needed), 0 if it was rejected",
         )?;
         keyring_last_success.set(1);
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "hooksign_config_reloads_total",
+                "Config file reloads (SIGHUP or a change to the file), by result",
+            ),
+            &["result"],
+        )?;
+        let config_last_success = IntGauge::new(
+            "hooksign_config_last_reload_success",
+            "1 if the last config reload succeeded (or none was needed), 0 if it was rejected",
+        )?;
+        config_last_success.set(1);
+        let config_restart_required = IntGauge::new(
+            "hooksign_config_restart_required",
+            "1 while the config file holds a change that applies only after a restart",
+        )?;
         let store_endpoints = IntGauge::new(
             "hooksign_store_endpoints",
             "Endpoints in the snapshot in service",
@@ -319,6 +341,9 @@ impl Metrics {
         registry.register(Box::new(last_reload_success.clone()))?;
         registry.register(Box::new(keyring_reloads.clone()))?;
         registry.register(Box::new(keyring_last_success.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_success.clone()))?;
+        registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
         registry.register(Box::new(client_certificate_expiry.clone()))?;
@@ -340,6 +365,12 @@ impl Metrics {
                 rejected: reloads.with_label_values(&["error"]),
                 last_success: last_reload_success,
             },
+            config_reload: ReloadMetrics {
+                applied: config_reloads.with_label_values(&["success"]),
+                rejected: config_reloads.with_label_values(&["error"]),
+                last_success: config_last_success,
+            },
+            config_restart_required,
             keyring_reload: ReloadMetrics {
                 applied: keyring_reloads.with_label_values(&["success"]),
                 rejected: keyring_reloads.with_label_values(&["error"]),

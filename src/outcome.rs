@@ -66,11 +66,14 @@ pub enum Outcome {
     ProxyAuthRequired,
     /// `[egress] proxy` refused the tunnel to the checked address.
     ProxyRefused,
+    /// `[[proxy.tokens]]` are listed and the request's `Proxy-Authorization: Bearer` matched
+    /// none (or was missing): 407.
+    ProxyUnauthorized,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (the metrics index counters by discriminant).
-    pub const ALL: [Outcome; 32] = [
+    pub const ALL: [Outcome; 33] = [
         Self::Success,
         Self::Failed,
         Self::MissingWebhookId,
@@ -103,6 +106,7 @@ impl Outcome {
         Self::ProxyUnreachable,
         Self::ProxyAuthRequired,
         Self::ProxyRefused,
+        Self::ProxyUnauthorized,
     ];
 
     /// The metric label, which is also the error code for refusals.
@@ -140,6 +144,7 @@ impl Outcome {
             Self::ProxyUnreachable => "proxy_unreachable",
             Self::ProxyAuthRequired => "proxy_auth_required",
             Self::ProxyRefused => "proxy_refused",
+            Self::ProxyUnauthorized => "proxy_unauthorized",
         }
     }
 
@@ -175,6 +180,7 @@ impl Outcome {
             Self::ProxyUnreachable | Self::ProxyAuthRequired | Self::ProxyRefused => {
                 StatusCode::BAD_GATEWAY
             }
+            Self::ProxyUnauthorized => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         }
     }
 
@@ -229,6 +235,9 @@ impl Outcome {
                 "the egress forward proxy refused hooksign's credentials (407)"
             }
             Self::ProxyRefused => "the egress forward proxy refused the tunnel",
+            Self::ProxyUnauthorized => {
+                "send Proxy-Authorization: Bearer with a token listed in [[proxy.tokens]]"
+            }
         }
     }
 

@@ -4,14 +4,17 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, StoreBackend};
 use crate::egress::{EgressPolicy, Resolve, SystemResolver};
 use crate::keyring::{Keyring, KeyringError};
 use crate::metrics::{Metrics, ReloadOutcome};
+use crate::proxy_auth::ProxyAuth;
 use crate::store::crypt::Sealer;
 use crate::store::etcd::EtcdBackend;
-use crate::store::file::FileBackend;
+use crate::store::file::{FileBackend, Writability};
 use crate::store::{Backend, LoadError, Store};
 use crate::upstream::client::{self, ClientError};
 use crate::upstream::pool::Upstream;
@@ -30,6 +33,14 @@ pub struct AppState {
     pub sealer: Sealer,
     /// `[admin] audit_log`, when set.
     pub audit: Option<AuditLog>,
+    /// `[[proxy.tokens]]`: who may use the proxy port (swapped by a config reload).
+    pub proxy_auth: ArcSwap<ProxyAuth>,
+    /// The config as last read from its file, and every later reload ([`crate::reload`]): what
+    /// applies live (admin tokens and rate limit, the event catalog) is read from here; the
+    /// rest of [`AppState::config`] stays as it was at start.
+    pub live: tokio::sync::watch::Sender<Arc<Config>>,
+    /// Set on SIGTERM: `/readyz` answers 503 while the proxy drains.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// Why the state could not be built.
@@ -69,6 +80,18 @@ impl AppState {
             StoreBackend::File => {
                 let file = FileBackend::new(config.store.path.clone()).with_sealer(sealer.clone());
                 file.remove_stale_temp_files();
+                match file.writability() {
+                    Writability::Writable => {}
+                    Writability::ReadOnly => tracing::info!(
+                        "the store's directory is read-only: delivery records are kept in memory \
+                         only, and admin writes answer 409 store_read_only"
+                    ),
+                    Writability::OwnMount => tracing::warn!(
+                        "the store file is a mount of its own (a bind-mounted single file): it \
+                         cannot be replaced atomically, so admin writes answer 409; mount its \
+                         directory instead (docker run -v DIR:/var/lib/hooksign)"
+                    ),
+                }
                 Box::new(file)
             }
             StoreBackend::Etcd => Box::new(
@@ -101,6 +124,8 @@ impl AppState {
             Arc::clone(&egress),
             metrics.upstream.clone(),
         )?;
+        let config_tokens = config.proxy.tokens.clone();
+        let live = Arc::new(config.clone());
         Ok(Arc::new(Self {
             config,
             store,
@@ -109,6 +134,9 @@ impl AppState {
             upstream,
             sealer,
             audit,
+            proxy_auth: ArcSwap::from_pointee(ProxyAuth::new(&config_tokens)),
+            live: tokio::sync::watch::Sender::new(live),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 }

@@ -118,7 +118,7 @@ fn sign_matches_an_independent_hmac_and_verify_agrees() {
         &[
             "verify",
             "--secret",
-            "whsec_other",
+            "whsec_0000000000000000000000000000000000000000000000000000000000000000",
             "--signature",
             &expected,
             file.to_str().unwrap(),

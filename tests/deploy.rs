@@ -62,10 +62,10 @@ fn kubernetes_example_is_valid_and_consistent() {
     let config_map = find(&docs, "ConfigMap");
     let config = load_config(str_of(&config_map["data"]["config.toml"]));
     assert!(
-        config.proxy.listen.ip().is_loopback(),
+        config.proxy.listen.tcp().unwrap().ip().is_loopback(),
         "the sidecar's proxy port must stay on loopback"
     );
-    let admin_port = config.admin.listen.port();
+    let admin_port = config.admin.listen.tcp().unwrap().port();
 
     let deployment = find(&docs, "Deployment");
     let pod = &deployment["spec"]["template"];
@@ -81,8 +81,8 @@ fn kubernetes_example_is_valid_and_consistent() {
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     let grace_seconds = spec["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(
-        config.server.shutdown_grace.as_secs() < grace_seconds,
-        "shutdown_grace must end before the kubelet's SIGKILL"
+        (config.server.drain_delay + config.server.shutdown_grace).as_secs() < grace_seconds,
+        "drain_delay + shutdown_grace must end before the kubelet's SIGKILL"
     );
 
     let sidecar = spec["initContainers"]
@@ -158,23 +158,37 @@ fn kubernetes_example_is_valid_and_consistent() {
 }
 
 #[test]
-fn container_config_loads_and_listens_on_all_interfaces() {
+fn container_config_loads_and_keeps_the_proxy_port_off_the_network() {
     let text = std::fs::read_to_string(repo("deploy/container.toml")).unwrap();
     let config = load_config(&text);
-    assert!(config.proxy.listen.ip().is_unspecified());
-    assert_eq!(config.proxy.listen.port(), 8080);
-    assert_eq!(config.admin.listen.port(), 9090);
+    let socket = match &config.proxy.listen {
+        hooksign::config::Listen::Unix { path, mode } => {
+            assert_eq!(*mode, 0o660);
+            path.clone()
+        }
+        other => panic!("the container's proxy port must be a unix socket, not {other:?}"),
+    };
+    assert_eq!(config.admin.listen.tcp().unwrap().port(), 9090);
     assert!(config.store.path.is_absolute());
     // Docker's default stop timeout is 10 s.
-    assert!(config.server.shutdown_grace.as_secs() < 10);
+    assert!((config.server.drain_delay + config.server.shutdown_grace).as_secs() < 10);
 
     let dockerfile = std::fs::read_to_string(repo("Dockerfile")).unwrap();
     assert!(dockerfile.contains("COPY deploy/container.toml /etc/hooksign/config.toml"));
-    assert!(dockerfile.contains("EXPOSE 8080 9090"));
+    assert!(
+        dockerfile.contains("EXPOSE 9090\n"),
+        "only the admin port is exposed"
+    );
+    assert!(!dockerfile.contains("EXPOSE 8080"));
+    assert!(
+        !dockerfile.contains("webhooks.toml:/var/lib"),
+        "a bind-mounted store file"
+    );
     assert!(dockerfile.contains("\"healthcheck\", \"--config\", \"/etc/hooksign/config.toml\""));
     assert!(dockerfile.contains(&format!(
-        "VOLUME [\"/etc/hooksign\", \"{}\"]",
-        config.store.path.parent().unwrap().display()
+        "VOLUME [\"/etc/hooksign\", \"{}\", \"{}\"]",
+        config.store.path.parent().unwrap().display(),
+        socket.parent().unwrap().display()
     )));
 }
 

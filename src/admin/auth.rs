@@ -136,10 +136,22 @@ where
                 "this token is not granted this company",
             ));
         }
-        Ok(Self {
+        let caller = Self {
             token_name: grant.name.clone(),
             company,
             permissions: grant.permissions.clone(),
-        })
+        };
+        // Reads need webhook.view and every other method webhook.manage: refused here, before
+        // any request body is read, so a view-only token cannot make the port buffer bodies.
+        let read = matches!(
+            parts.method,
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        caller.require(if read {
+            Permission::View
+        } else {
+            Permission::Manage
+        })?;
+        Ok(caller)
     }
 }

@@ -18,6 +18,12 @@ use crate::store::WriteError;
 pub enum AdminError {
     #[error("{0}")]
     InvalidRequest(String),
+    /// The body is over `[admin] max_body_bytes`: 413 `body_too_large`.
+    #[error("the request body is larger than [admin] max_body_bytes")]
+    BodyTooLarge,
+    /// The body did not arrive within `[admin] body_read_timeout`: 408 `body_read_timeout`.
+    #[error("the request body did not arrive within [admin] body_read_timeout")]
+    BodyReadTimeout,
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("{0}")]
@@ -72,6 +78,8 @@ impl AdminError {
     fn status(&self) -> StatusCode {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyReadTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -93,6 +101,8 @@ impl AdminError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyReadTimeout => "body_read_timeout",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NotFound => "not_found",
@@ -160,7 +170,9 @@ impl IntoResponse for AdminError {
 impl From<WriteError> for AdminError {
     fn from(err: WriteError) -> Self {
         match err {
-            WriteError::ReadOnly(_) => Self::StoreReadOnly(err.to_string()),
+            WriteError::ReadOnly(_) | WriteError::NotReplaceable => {
+                Self::StoreReadOnly(err.to_string())
+            }
             WriteError::Conflict(_) => Self::StoreConflict(err.to_string()),
             WriteError::Invalid(_) => Self::Validation(err.to_string()),
             WriteError::Contended(_) => Self::Conflict(err.to_string()),
@@ -190,9 +202,42 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(AdminError::InvalidRequest(json_message(&rejection))),
+            Err(rejection) => Err(body_failure(rejection.status(), &rejection)
+                .unwrap_or_else(|| AdminError::InvalidRequest(json_message(&rejection)))),
         }
     }
+}
+
+/// A body that could not be read because it was too large or too slow: the error that says so
+/// (413 or 408), from the rejection's `status` and causes.
+pub(super) fn body_failure(
+    status: StatusCode,
+    rejection: &(dyn std::error::Error + 'static),
+) -> Option<AdminError> {
+    if status == StatusCode::PAYLOAD_TOO_LARGE
+        || caused_by::<http_body_util::LengthLimitError>(rejection, |_| true)
+    {
+        return Some(AdminError::BodyTooLarge);
+    }
+    caused_by::<super::server::BodyError>(rejection, |err| {
+        matches!(err, super::server::BodyError::TimedOut)
+    })
+    .then_some(AdminError::BodyReadTimeout)
+}
+
+/// Whether an error of type `E` that `matches` is among `rejection`'s causes.
+fn caused_by<E: std::error::Error + 'static>(
+    rejection: &(dyn std::error::Error + 'static),
+    matches: impl Fn(&E) -> bool,
+) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(err) = cause {
+        if err.downcast_ref::<E>().is_some_and(&matches) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 fn json_message(rejection: &JsonRejection) -> String {

@@ -79,9 +79,10 @@ impl<S: Send + Sync> FromRequest<S> for KeyedBody {
         let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
         let method = req.method().as_str().to_owned();
         let path = req.uri().path().to_owned();
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| AdminError::InvalidRequest(rejection.body_text()))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            super::error::body_failure(rejection.status(), &rejection)
+                .unwrap_or_else(|| AdminError::InvalidRequest(rejection.body_text()))
+        })?;
         Ok(Self {
             key,
             fingerprint: idempotency::fingerprint(&method, &path, &bytes),

@@ -30,10 +30,7 @@ use crate::store::{
     self, now_text, Edit, Endpoint, EndpointRecord, Keyed, RotateError, Snapshot, Status,
 };
 
-/// Most event types an endpoint may subscribe to.
-pub const MAX_EVENTS: usize = 10;
-/// Longest description, in characters.
-pub const MAX_DESCRIPTION: usize = 255;
+pub use crate::store::{MAX_DESCRIPTION, MAX_EVENTS};
 /// How a secret's random part reads wherever it is not shown in full.
 const MASK: &str = "••••••••••••••••••••••••";
 /// The most of a test delivery's response body that is read (and dropped).
@@ -718,7 +715,7 @@ pub async fn events(
 ) -> Result<Json<EventList>, AdminError> {
     caller.require(Permission::View)?;
     Ok(Json(EventList {
-        data: state.config.events.catalog.clone(),
+        data: state.live.borrow().events.catalog.clone(),
     }))
 }
 
@@ -847,7 +844,8 @@ fn validate_events(state: &AppState, events: Vec<String>) -> Result<Vec<String>,
                 "events: names are 1 to 255 characters".into(),
             ));
         }
-        let catalog = &state.config.events.catalog;
+        let live = state.live.borrow();
+        let catalog = &live.events.catalog;
         if !catalog.is_empty() && !catalog.contains(event) {
             return Err(AdminError::Validation(format!(
                 "events: unknown event type {event:?}"

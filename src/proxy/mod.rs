@@ -14,6 +14,7 @@
 
 mod conn;
 mod headers;
+pub mod request_id;
 mod response;
 
 use std::convert::Infallible;
@@ -30,7 +31,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -41,12 +41,14 @@ use crate::upstream::breaker::{Admission, CircuitState};
 pub use crate::upstream::pool::UpstreamBody;
 use crate::upstream::pool::{Origin, UpstreamError};
 pub use headers::strip_hop_by_hop;
+use request_id::RequestId;
 use response::Busy;
 pub use response::GuardedBody;
 
 use crate::egress::forward::TunnelFailure;
 use crate::egress::{self, DenyReason};
 use crate::error_chain::error_chain;
+use crate::listen::Listener;
 use crate::metrics::{Bulkhead, InFlight};
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
@@ -81,7 +83,7 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// `header_read_timeout` (which also closes idle keep-alive connections) and stay under
 /// [`MAX_HEAD_BYTES`], and the body must arrive within `body_read_timeout` (in `deliver`).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
@@ -111,7 +113,7 @@ pub async fn serve(
         let stream = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(stream) => stream,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %err, "proxy accept failed");
@@ -120,7 +122,6 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         // The service's calls on this connection: a response written while all are answered
         // and flushed is one of hyper's own, which `Marked` gives hooksign's envelope.
         let calls = Arc::new(conn::Calls::default());
@@ -179,15 +180,33 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let in_flight = state.metrics.in_flight();
     let started = Instant::now();
-    let response = match deliver(&state, request, in_flight).await {
-        Ok(response) => response,
+    let request_id = RequestId::of(request.headers());
+    let response = match deliver(&state, request, in_flight, &request_id).await {
+        Ok(mut response) => {
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, request_id.header().clone());
+            response
+        }
         Err(refused) => {
             log_refusal(
+                &request_id,
                 refused.outcome,
                 refused.endpoint.as_ref(),
                 started.elapsed(),
             );
-            refusal_of(&refused)
+            if state.config.log.access {
+                tracing::info!(
+                    target: "hooksign::access",
+                    request_id = request_id.as_str(),
+                    endpoint = refused.endpoint.map(|uuid| uuid.to_string()),
+                    status = refused.outcome.status().as_u16(),
+                    outcome = refused.outcome.as_label(),
+                    bytes = 0u64,
+                    "delivery"
+                );
+            }
+            refusal_of(&refused, &request_id)
         }
     };
     Ok(response)
@@ -195,7 +214,13 @@ pub async fn handle(
 
 /// One warn line per refusal: endpoint uuid (when the header named one), status, duration and
 /// the error code. Never the body, a secret, a token or the destination URL.
-fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
+fn log_refusal(
+    request_id: &RequestId,
+    outcome: Outcome,
+    endpoint: Option<&Uuid>,
+    elapsed: Duration,
+) {
+    let request_id = request_id.as_str();
     let status = outcome.status().as_u16();
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     let code = outcome.as_label();
@@ -204,17 +229,17 @@ fn log_refusal(outcome: Outcome, endpoint: Option<&Uuid>, elapsed: Duration) {
     if matches!(outcome, Outcome::CircuitOpen | Outcome::UpstreamSaturated) {
         match endpoint {
             Some(uuid) => {
-                tracing::debug!(endpoint = %uuid, status, duration_ms, code, "delivery refused")
+                tracing::debug!(request_id, endpoint = %uuid, status, duration_ms, code, "delivery refused")
             }
-            None => tracing::debug!(status, duration_ms, code, "delivery refused"),
+            None => tracing::debug!(request_id, status, duration_ms, code, "delivery refused"),
         }
         return;
     }
     match endpoint {
         Some(uuid) => {
-            tracing::warn!(endpoint = %uuid, status, duration_ms, code, "delivery refused")
+            tracing::warn!(request_id, endpoint = %uuid, status, duration_ms, code, "delivery refused")
         }
-        None => tracing::warn!(status, duration_ms, code, "delivery refused"),
+        None => tracing::warn!(request_id, status, duration_ms, code, "delivery refused"),
     }
 }
 
@@ -222,8 +247,12 @@ async fn deliver(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     in_flight: InFlight,
+    request_id: &RequestId,
 ) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
+    if !state.proxy_auth.load().allows(&parts.headers) {
+        return Err(state.refuse(Outcome::ProxyUnauthorized, None));
+    }
     if let Some(refused) = ambiguous(&parts) {
         return Err(state.refuse(refused, None));
     }
@@ -261,6 +290,12 @@ async fn deliver(
         ),
         _ => None,
     };
+    let access_message_id = state
+        .config
+        .log
+        .access
+        .then(|| message_id.clone())
+        .flatten();
     let delivery = Delivery::now(endpoint.scheme, message_id);
 
     let limit = state.config.proxy.max_body_bytes;
@@ -305,14 +340,21 @@ async fn deliver(
     // Counted and recorded when the body ends (a 2xx whose body is cut is not a success).
     let complete = completed_outcome(response.status());
     let (parts, body) = response.into_parts();
+    let access = state.config.log.access.then(|| {
+        Box::new(response::Access {
+            request_id: request_id.clone(),
+            message_id: access_message_id,
+            status: parts.status.as_u16(),
+        })
+    });
     let mut body = GuardedBody::new(
         body,
         Arc::clone(state),
         endpoint,
         complete,
         started,
-        in_flight,
-        busy,
+        response::Held { in_flight, busy },
+        access,
     );
     // The first bytes are read before the status goes out: a body broken from its start is
     // hooksign's 502, not the customer's status over an empty reply.
@@ -649,8 +691,8 @@ fn caused_by_tls(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// hooksign's answer to a refused request: [`refusal`], with the refusal's own `Retry-After`
 /// when it has one (rounded up to whole seconds).
-pub fn refusal_of(refused: &Refused) -> Response<ProxyBody> {
-    let mut response = refusal(refused.outcome);
+pub fn refusal_of(refused: &Refused, request_id: &RequestId) -> Response<ProxyBody> {
+    let mut response = refusal_with_id(refused.outcome, request_id);
     if let Some(after) = refused.retry_after {
         let seconds = after.as_millis().div_ceil(1000).max(1);
         let seconds = u64::try_from(seconds).unwrap_or(u64::MAX);
@@ -664,10 +706,14 @@ pub fn refusal_of(refused: &Refused) -> Response<ProxyBody> {
 /// hooksign's own answer: the status, the JSON error envelope, `X-Hooksign-Error` and
 /// `X-Request-Id`.
 pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
-    let request_id = Uuid::new_v4().to_string();
+    refusal_with_id(outcome, &RequestId::new())
+}
+
+/// [`refusal`] for the request `request_id` names.
+pub fn refusal_with_id(outcome: Outcome, request_id: &RequestId) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "error": {"code": outcome.as_label(), "message": outcome.message()},
-        "meta": {"requestId": request_id},
+        "meta": {"requestId": request_id.as_str()},
     });
     let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *response.status_mut() = outcome.status();
@@ -680,11 +726,15 @@ pub fn refusal(outcome: Outcome) -> Response<ProxyBody> {
         X_HOOKSIGN_ERROR,
         HeaderValue::from_static(outcome.as_label()),
     );
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(X_REQUEST_ID, value);
-    }
+    headers.insert(X_REQUEST_ID, request_id.header().clone());
     if let Some(seconds) = outcome.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if outcome == Outcome::ProxyUnauthorized {
+        headers.insert(
+            header::PROXY_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"hooksign\""),
+        );
     }
     response
 }

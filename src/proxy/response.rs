@@ -50,6 +50,16 @@ pub struct GuardedBody {
     first: Option<Frame<Bytes>>,
     /// Until the body ends: what to record then.
     pending: Option<Pending>,
+    /// Body bytes passed on so far (for the access log).
+    bytes: u64,
+}
+
+/// What the access log line of a delivery says beside the outcome (`[log] access`).
+#[derive(Debug)]
+pub struct Access {
+    pub request_id: super::request_id::RequestId,
+    pub message_id: Option<crate::signing::MessageId>,
+    pub status: u16,
 }
 
 /// One delivery in flight to an endpoint (its `[proxy] max_in_flight_per_endpoint` count),
@@ -80,8 +90,16 @@ struct Pending {
     complete: Outcome,
     /// From sending the request to its response headers (for the upstream histogram).
     headers_after: Duration,
-    _in_flight: InFlight,
-    _busy: Busy,
+    /// Set when `[log] access` is on.
+    access: Option<Box<Access>>,
+    _held: Held,
+}
+
+/// What a delivery holds until its response body ends: its place in the in-flight gauge and in
+/// its endpoint's in-flight count.
+pub struct Held {
+    pub in_flight: InFlight,
+    pub busy: Busy,
 }
 
 impl GuardedBody {
@@ -93,8 +111,8 @@ impl GuardedBody {
         endpoint: Arc<Endpoint>,
         complete: Outcome,
         started: Instant,
-        in_flight: InFlight,
-        busy: Busy,
+        held: Held,
+        access: Option<Box<Access>>,
     ) -> Self {
         let config = &state.config.proxy;
         let deadline = started + config.response_timeout;
@@ -108,13 +126,14 @@ impl GuardedBody {
             deadline,
             remaining,
             first: None,
+            bytes: 0,
             pending: Some(Pending {
                 state,
                 endpoint,
                 complete,
                 headers_after: started.elapsed(),
-                _in_flight: in_flight,
-                _busy: busy,
+                access,
+                _held: held,
             }),
         };
         if body.inner.is_end_stream() {
@@ -152,8 +171,23 @@ impl GuardedBody {
         } else {
             DeliveryOutcome::Failed
         };
+        let request_id = pending.access.as_ref().map(|a| a.request_id.as_str());
         if !matches!(outcome, Outcome::Success | Outcome::Failed) {
-            tracing::warn!(endpoint = %pending.endpoint.uuid, code = outcome.as_label(), "response cut");
+            tracing::warn!(request_id, endpoint = %pending.endpoint.uuid, code = outcome.as_label(), "response cut");
+        }
+        if let Some(access) = &pending.access {
+            tracing::info!(
+                target: "hooksign::access",
+                request_id = access.request_id.as_str(),
+                message_id = access.message_id.as_ref().map(|id| id.as_str()),
+                endpoint = %pending.endpoint.uuid,
+                scheme = pending.endpoint.scheme.as_str(),
+                status = access.status,
+                outcome = outcome.as_label(),
+                bytes = self.bytes,
+                upstream_ms = u64::try_from(pending.headers_after.as_millis()).unwrap_or(u64::MAX),
+                "delivery"
+            );
         }
         record_delivery(&pending.state, &pending.endpoint, recorded);
     }
@@ -185,6 +219,9 @@ impl Body for GuardedBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
                 if let (Some(data), Some(remaining)) = (frame.data_ref(), this.remaining.as_mut()) {
                     match remaining.checked_sub(data.len() as u64) {
                         Some(left) => *remaining = left,

@@ -55,7 +55,7 @@ pub enum Scheme {
 
 /// A scheme name that hooksign does not know.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown signing scheme {0:?} (known: storno, standard-webhooks, stripe, github, standard-webhooks-ed25519)")]
+#[error("unknown signing scheme (known: storno, standard-webhooks, stripe, github, standard-webhooks-ed25519)")]
 pub struct UnknownScheme(pub String);
 
 /// Why a secret cannot key its scheme. The message describes the expected format and never
@@ -79,6 +79,37 @@ pub enum KeyError {
     NoOverlap(Scheme),
     #[error("at most {MAX_PREVIOUS_KEYS} previous secrets sign at once")]
     TooManyPrevious,
+}
+
+/// Whether `name` may not be the `storno` scheme's signature header (`[signing] header`): a
+/// hop-by-hop header (never forwarded), `Host`, `Content-Length`, `Content-Type`, hooksign's own
+/// headers (`X-Webhook-*`, `X-Hooksign-*`, `X-Request-Id`), or another scheme's signature headers.
+/// Any of these would drop the signature or clobber a header the delivery needs.
+pub fn is_reserved_header(name: &HeaderName) -> bool {
+    const RESERVED: [&str; 17] = [
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+        "authorization",
+        "stripe-signature",
+        "x-hub-signature",
+        "x-hub-signature-256",
+    ];
+    let name = name.as_str();
+    RESERVED.contains(&name)
+        || ["proxy-", "x-webhook-", "x-hooksign-", "webhook-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
 }
 
 impl Scheme {

@@ -882,7 +882,8 @@ fn decode(uuid: &str, value: &[u8], sealer: &Sealer) -> Result<(EndpointRecord, 
             )
         })?
     } else {
-        toml::from_str(text).map_err(|err| format!("TOML error: {}", err.message()))?
+        toml::from_str(text)
+            .map_err(|err| format!("TOML error: {}", crate::toml_error::describe(&err, text)))?
     };
     if record.uuid != uuid {
         return Err("the record's uuid is not its key's".to_owned());

@@ -145,6 +145,29 @@ impl FileBackend {
     }
 
     /// Removes temp files a crashed writer left beside the store.
+    /// Whether the store can be written where it is, checked once at start: a file that is its
+    /// own mount point (a bind-mounted single file: rename over it fails with `EBUSY`), or a
+    /// directory hooksign cannot create files in (a read-only Secret or ConfigMap mount).
+    pub fn writability(&self) -> Writability {
+        use std::os::unix::fs::MetadataExt;
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if let (Ok(file), Ok(parent)) = (std::fs::metadata(&self.path), std::fs::metadata(dir)) {
+            if file.dev() != parent.dev() || is_mount_point(&self.path) {
+                return Writability::OwnMount;
+            }
+        }
+        let probe = tempfile::Builder::new()
+            .prefix(".hooksign-probe-")
+            .tempfile_in(dir);
+        match probe {
+            Ok(_) => Writability::Writable,
+            Err(_) => Writability::ReadOnly,
+        }
+    }
+
     pub fn remove_stale_temp_files(&self) {
         let (Some(dir), Some(prefix)) = (self.path.parent(), temp_prefix(&self.path)) else {
             return;
@@ -339,6 +362,31 @@ impl Backend for FileBackend {
     }
 }
 
+/// Whether `path` is itself a mount point (`/proc/self/mountinfo`'s fifth field). A bind mount
+/// from the same filesystem keeps the device number, so the device alone cannot tell.
+fn is_mount_point(path: &Path) -> bool {
+    let (Ok(path), Ok(info)) = (
+        std::fs::canonicalize(path),
+        std::fs::read_to_string("/proc/self/mountinfo"),
+    ) else {
+        return false;
+    };
+    info.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|mount| Path::new(&mount.replace("\\040", " ")) == path)
+}
+
+/// What [`FileBackend::writability`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writability {
+    Writable,
+    /// The directory takes no new file: admin writes answer 409 and delivery records stay in
+    /// memory.
+    ReadOnly,
+    /// The file is a mount of its own: it cannot be replaced by rename.
+    OwnMount,
+}
+
 /// The text of a store file holding `records` (what [`FileBackend`] writes).
 pub fn render(records: &[EndpointRecord]) -> Zeroizing<String> {
     super::toml_out::render(HEADER, records)
@@ -405,6 +453,7 @@ fn classify_write_error(err: io::Error) -> WriteError {
             WriteError::ReadOnly(err.to_string())
         }
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => WriteError::NoSpace(err),
+        io::ErrorKind::ResourceBusy => WriteError::NotReplaceable,
         _ if matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT)) => WriteError::NoSpace(err),
         _ => WriteError::Io(err),
     }
@@ -504,7 +553,7 @@ pub fn parse_store_with(
     let locate = |index: usize, field: &str| {
         let span = spans[index].clone();
         let offset = find_key(text, span.clone(), field).unwrap_or(span.start);
-        let (line, column) = line_column(text, offset);
+        let (line, column) = crate::toml_error::line_column(text, offset);
         format!("webhooks[{index}].{field} (line {line}, column {column})")
     };
     let mut records = Vec::with_capacity(parsed.records.len());
@@ -550,7 +599,7 @@ pub fn parse_store_with(
 fn parse_whole(text: &str, path: &str) -> Result<Parsed, LoadError> {
     let file: StoreFile = toml::from_str(text).map_err(|err| LoadError::Parse {
         path: path.to_owned(),
-        message: redact_toml_error(&err),
+        message: crate::toml_error::describe(&err, text),
     })?;
     let says_webhooks = file.webhooks.is_some();
     let (records, spans) = file
@@ -614,29 +663,6 @@ fn parse_tables_one_by_one(text: &str) -> Option<Parsed> {
     Some(parsed)
 }
 
-/// toml's message quotes the offending source line, which may hold a secret: keep only the
-/// position and the reason.
-fn redact_toml_error(err: &toml::de::Error) -> String {
-    match err.span() {
-        Some(span) => format!(
-            "TOML parse error at {}: {}",
-            position_text(err, span.start),
-            err.message()
-        ),
-        None => format!("TOML parse error: {}", err.message()),
-    }
-}
-
-fn position_text(err: &toml::de::Error, _offset: usize) -> String {
-    // The rendered error starts "TOML parse error at line L, column C".
-    let rendered = err.to_string();
-    rendered
-        .lines()
-        .next()
-        .and_then(|first| first.strip_prefix("TOML parse error at "))
-        .map_or_else(|| "unknown position".to_owned(), str::to_owned)
-}
-
 /// Finds where `key = ` starts inside the byte range of a table.
 fn find_key(text: &str, span: std::ops::Range<usize>, key: &str) -> Option<usize> {
     let region = text.get(span.clone())?;
@@ -651,17 +677,6 @@ fn find_key(text: &str, span: std::ops::Range<usize>, key: &str) -> Option<usize
         offset += line.len();
     }
     None
-}
-
-/// 1-based line and column of a byte offset.
-pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
 }
 
 #[cfg(test)]
@@ -746,6 +761,7 @@ updated_at = "2026-02-18T10:00:00Z"
 
     #[test]
     fn line_column_counts_from_one() {
+        use crate::toml_error::line_column;
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
     }

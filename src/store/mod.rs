@@ -54,6 +54,12 @@ use idempotency::{IdempotencyKey, IdempotencyLog, Recorded};
 
 /// The longest endpoint URL accepted (characters).
 pub const MAX_URL_LEN: usize = 2048;
+/// Most event types an endpoint may subscribe to (the API's limit, and the store's).
+pub const MAX_EVENTS: usize = 10;
+/// Longest event type name, in bytes.
+pub const MAX_EVENT_LEN: usize = 255;
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION: usize = 255;
 
 /// The longest rotation overlap window: 7 days (`previousSecretExpiresIn` 0 to 604800).
 pub const MAX_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
@@ -170,6 +176,14 @@ pub enum WriteError {
         "the store is read-only here ({0}); nothing was written: change it where it is managed"
     )]
     ReadOnly(String),
+    /// Renaming the new file over the store failed with `EBUSY`: the store file is itself a
+    /// mount point (`docker run -v ./webhooks.toml:/…/webhooks.toml`), which rename cannot
+    /// replace. Nothing was written.
+    #[error(
+        "the store file is a mount of its own (a bind-mounted single file), which cannot be \
+         replaced atomically; nothing was written: mount its directory instead"
+    )]
+    NotReplaceable,
     #[error("the store changed on disk and no longer loads; fix it before writing: {0}")]
     Conflict(#[source] LoadError),
     #[error("writing the store: {0}")]
@@ -596,20 +610,37 @@ impl Endpoint {
                 "must list at least one event type, or \"*\"".into(),
             ));
         }
-        if record.events.iter().any(|e| e.is_empty()) {
-            return Err(("events", "event types cannot be empty".into()));
+        if record.events.len() > MAX_EVENTS {
+            return Err(("events", format!("at most {MAX_EVENTS} event types")));
+        }
+        if record
+            .events
+            .iter()
+            .any(|e| e.is_empty() || e.len() > MAX_EVENT_LEN)
+        {
+            return Err((
+                "events",
+                format!("event types are 1 to {MAX_EVENT_LEN} characters"),
+            ));
         }
         let all_events = record.events.iter().any(|e| e == "*");
+        if all_events && record.events.len() > 1 {
+            return Err(("events", "\"*\" stands alone".into()));
+        }
+        if record.description.chars().count() > MAX_DESCRIPTION {
+            return Err((
+                "description",
+                format!("at most {MAX_DESCRIPTION} characters"),
+            ));
+        }
         let status = match record.status.as_str() {
             "active" => Status::Active,
             "disabled" => Status::Disabled,
             "auto_disabled" => Status::AutoDisabled,
-            other => {
+            _ => {
                 return Err((
                     "status",
-                    format!(
-                        "unknown status {other:?} (expected active, disabled or auto_disabled)"
-                    ),
+                    "unknown status (expected active, disabled or auto_disabled)".into(),
                 ))
             }
         };
@@ -948,7 +979,10 @@ pub fn parse_endpoint_url(text: &str) -> Result<Url, String> {
     }
     let url = Url::parse(text).map_err(|err| format!("not a valid URL ({err})"))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(format!("scheme {:?} is not https", url.scheme()));
+        return Err("the scheme is not https".into());
+    }
+    if url.port() == Some(0) {
+        return Err("port 0 cannot be connected to (ports are 1 to 65535)".into());
     }
     if url.host().is_none() {
         return Err("has no host".into());

@@ -118,6 +118,48 @@ pub fn spawn(
     Ok(())
 }
 
+/// A watch on `path`'s directory that signals each change to the file (by name, or Kubernetes'
+/// `..data` symlink), for a caller that re-reads the file itself (the config). Keep the
+/// watcher alive as long as the changes are wanted.
+pub fn file_changes(
+    path: &Path,
+) -> Result<(notify::RecommendedWatcher, mpsc::Receiver<()>), WatchError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
+    let (changes, changed) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let relevant = match &event {
+            Ok(event) => {
+                may_change_content(&event.kind)
+                    && event.paths.iter().any(|p| concerns_store(p, &name))
+            }
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = changes.try_send(());
+        }
+    })
+    .map_err(|source| WatchError {
+        dir: dir.display().to_string(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| WatchError {
+            dir: dir.display().to_string(),
+            source,
+        })?;
+    Ok((watcher, changed))
+}
+
+/// Waits out a burst of changes (see [`DEBOUNCE`]).
+pub async fn settle(changed: &mut mpsc::Receiver<()>) {
+    debounce(changed).await;
+}
+
 /// Watches the keyring file's directory until `shutdown` fires, like the store file's. Each
 /// change re-reads the keyring: a keyring that does not load is logged and the one in service
 /// stays; one that loads is swapped into `sealer` (later writes seal under its primary, reads

@@ -362,6 +362,8 @@ impl ConfigSpec {
         spec = spec.set("admin", "listen = \"127.0.0.1:0\"");
         spec = spec.set("store", "path = \"webhooks.toml\"");
         spec = spec.set("server", "shutdown_grace = \"5s\"");
+        // Tests that stop the binary do not wait out a drain delay (tests/hardening.rs does).
+        spec = spec.set("server", "drain_delay = \"0s\"");
         spec = spec.set("egress", "allow_private = true");
         if let Some(pki) = pki {
             spec = spec.set(
@@ -370,6 +372,12 @@ impl ConfigSpec {
             );
         }
         spec
+    }
+
+    /// Appends raw text after the tables (an array of tables such as `[[proxy.tokens]]`).
+    pub fn extra(mut self, text: &str) -> Self {
+        self.extra.push(text.to_owned());
+        self
     }
 
     /// Sets `key = value` (given as one line) in `[table]`, replacing an earlier value of the key.
@@ -704,6 +712,14 @@ fn spawn_binary(
 }
 
 fn parse_ready(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    // JSON mode: {"message":"ready","proxy":"…","admin":"…"}.
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(line.trim()) {
+        if fields.get("message")? != "ready" {
+            return None;
+        }
+        let addr = |key: &str| fields.get(key)?.as_str()?.parse().ok();
+        return Some((addr("proxy")?, addr("admin")?));
+    }
     let rest = line.trim().strip_prefix("ready ")?;
     let mut proxy = None;
     let mut admin = None;
