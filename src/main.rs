@@ -1,5 +1,6 @@
 //! The `hooksign` binary: parse the command line, run it, map the result to an exit code.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -13,7 +14,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             let config = err.is_config();
-            eprintln!("hooksign: {:#}", anyhow::Error::from(err));
+            // Not eprintln!: a closed stderr must not turn an error into a panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "hooksign: {}",
+                hooksign::error_chain::error_chain(&err)
+            );
             if config {
                 ExitCode::from(EXIT_CONFIG)
             } else {

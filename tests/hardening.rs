@@ -798,3 +798,12 @@ async fn wait_for_metric(admin: std::net::SocketAddr, line: &str) -> String {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn the_license_file_is_the_one_cargo_toml_names() {
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"Apache-2.0\""));
+    let license = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/LICENSE")).unwrap();
+    assert!(license.contains("Apache License"));
+    assert!(license.contains("Version 2.0, January 2004"));
+}
