@@ -401,6 +401,14 @@ static LOG_FILTER: std::sync::OnceLock<
     tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>,
 > = std::sync::OnceLock::new();
 
+/// Whether the subscriber installed writes JSON (so the binary's last error line does too).
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `[log] format = "json"` is in force: every line hooksign prints must then be JSON.
+pub fn logs_are_json() -> bool {
+    LOG_JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The filter `[log] filter` asks for, else `RUST_LOG`, else `info`.
 fn log_filter(configured: Option<&str>) -> tracing_subscriber::EnvFilter {
     configured
@@ -425,6 +433,10 @@ pub fn init_logging(format: LogFormat, filter: Option<&str>) {
     };
     if installed.is_ok() {
         let _ = LOG_FILTER.set(handle);
+        LOG_JSON.store(
+            format == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 

@@ -14,12 +14,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             let config = err.is_config();
-            // Not eprintln!: a closed stderr must not turn an error into a panic.
-            let _ = writeln!(
-                std::io::stderr(),
-                "hooksign: {}",
-                hooksign::error_chain::error_chain(&err)
-            );
+            let message = hooksign::error_chain::error_chain(&err);
+            // Not eprintln!: a closed stderr must not turn an error into a panic. In JSON mode
+            // the last line is JSON like every other.
+            let line = if hooksign::logs_are_json() {
+                serde_json::json!({"level": "ERROR", "message": message, "target": "hooksign"})
+                    .to_string()
+            } else {
+                format!("hooksign: {message}")
+            };
+            let _ = writeln!(std::io::stderr(), "{line}");
             if config {
                 ExitCode::from(EXIT_CONFIG)
             } else {

@@ -807,3 +807,25 @@ fn the_license_file_is_the_one_cargo_toml_names() {
     assert!(license.contains("Apache License"));
     assert!(license.contains("Version 2.0, January 2004"));
 }
+
+#[test]
+fn in_json_mode_every_line_serve_prints_is_json_even_its_last_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ConfigSpec::new(None)
+        .set("admin", &format!("listen = \"{}\"", taken.local_addr().unwrap()))
+        .set("log", "format = \"json\"");
+    let path = config.write(dir.path(), "");
+    let (code, stdout, stderr) = run_binary(&["serve", "--config", path.to_str().unwrap()], None);
+    assert_ne!(code, 0);
+    assert!(stdout.is_empty(), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+    }
+    let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert!(last["message"].as_str().unwrap().contains("binding admin listener"), "{last}");
+    drop(taken);
+}
