@@ -4,9 +4,9 @@
 //! change live, and names what needs a restart.
 //!
 //! Live: `[[admin.tokens]]` and `rate_limit_per_minute` (a revoked token is refused from the next
-//! request), `[[proxy.tokens]]`, `[events] catalog`, `[log] filter`. Everything else (listeners,
-//! the store, the egress policy and CA file, the signing header, timeouts and caps, worker
-//! threads, the log format) applies at the next start: the reload logs which keys and sets
+//! request), `[[proxy.tokens]]`, `[signing] header`, `[events] catalog`, `[log] filter`.
+//! Everything else (listeners, the store, the egress policy and CA file, timeouts and caps,
+//! worker threads, the log format) applies at the next start: the reload logs which keys and sets
 //! `hooksign_config_restart_required` to 1 until the file matches the running config again.
 
 use std::sync::Arc;
@@ -38,6 +38,12 @@ pub fn reload_config(state: &AppState) {
             .proxy_auth
             .store(Arc::new(ProxyAuth::new(&new.proxy.tokens)));
         tracing::info!(tokens = new.proxy.tokens.len(), "proxy tokens reloaded");
+    }
+    if current.signing.header != new.signing.header {
+        state
+            .signing_header
+            .store(Arc::new(new.signing.header.clone()));
+        tracing::info!(header = %new.signing.header, "signing header reloaded");
     }
     if current.log.filter != new.log.filter {
         crate::set_log_filter(new.log.filter.as_deref());
@@ -102,11 +108,6 @@ fn restart_required(running: &Config, new: &Config) -> Vec<&'static str> {
         "store",
         format!("{:?}", running.store),
         format!("{:?}", new.store),
-    );
-    differ(
-        "signing",
-        format!("{:?}", running.signing),
-        format!("{:?}", new.signing),
     );
     differ(
         "egress",

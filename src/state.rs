@@ -33,6 +33,8 @@ pub struct AppState {
     pub sealer: Sealer,
     /// `[admin] audit_log`, when set.
     pub audit: Option<AuditLog>,
+    /// `[signing] header`, the storno scheme's header (swapped by a config reload).
+    pub signing_header: ArcSwap<http::HeaderName>,
     /// `[[proxy.tokens]]`: who may use the proxy port (swapped by a config reload).
     pub proxy_auth: ArcSwap<ProxyAuth>,
     /// The config as last read from its file, and every later reload ([`crate::reload`]): what
@@ -125,6 +127,7 @@ impl AppState {
             metrics.upstream.clone(),
         )?;
         let config_tokens = config.proxy.tokens.clone();
+        let signing_header = config.signing.header.clone();
         let live = Arc::new(config.clone());
         Ok(Arc::new(Self {
             config,
@@ -135,6 +138,7 @@ impl AppState {
             sealer,
             audit,
             proxy_auth: ArcSwap::from_pointee(ProxyAuth::new(&config_tokens)),
+            signing_header: ArcSwap::from_pointee(signing_header),
             live: tokio::sync::watch::Sender::new(live),
             draining: std::sync::atomic::AtomicBool::new(false),
         }))

@@ -801,7 +801,8 @@ async fn wait_for_metric(admin: std::net::SocketAddr, line: &str) -> String {
 
 #[test]
 fn the_license_file_is_the_one_cargo_toml_names() {
-    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
     assert!(manifest.contains("license = \"Apache-2.0\""));
     let license = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/LICENSE")).unwrap();
     assert!(license.contains("Apache License"));
@@ -813,7 +814,10 @@ fn in_json_mode_every_line_serve_prints_is_json_even_its_last_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = ConfigSpec::new(None)
-        .set("admin", &format!("listen = \"{}\"", taken.local_addr().unwrap()))
+        .set(
+            "admin",
+            &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+        )
         .set("log", "format = \"json\"");
     let path = config.write(dir.path(), "");
     let (code, stdout, stderr) = run_binary(&["serve", "--config", path.to_str().unwrap()], None);
@@ -826,6 +830,59 @@ fn in_json_mode_every_line_serve_prints_is_json_even_its_last_error() {
             .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
     }
     let last: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
-    assert!(last["message"].as_str().unwrap().contains("binding admin listener"), "{last}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("binding admin listener"),
+        "{last}"
+    );
     drop(taken);
+}
+
+#[tokio::test]
+async fn a_config_edit_changes_the_signing_header_and_the_catalog_live() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let endpoint = EndpointSpec::new(upstream.url("/hook"));
+    let config = ConfigSpec::new(Some(&pki)).with_tokens();
+    let server = TestServer::start(&config, &store_toml(&[&endpoint])).await;
+    let path = server.dir.path().join("config.toml");
+    let edited = config
+        .set("signing", "header = \"X-Acme-Signature\"")
+        .set("events", "catalog = [\"invoice.created\"]");
+    // Written by rename, as editors and Kubernetes do; the file watch picks it up.
+    std::fs::write(server.dir.path().join("config.new"), edited.text()).unwrap();
+    std::fs::rename(server.dir.path().join("config.new"), &path).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = server
+            .deliver(&[("x-webhook-id", &endpoint.uuid)], "body")
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let seen = upstream.requests().pop().unwrap();
+        if seen.headers.contains_key("x-acme-signature") {
+            assert!(!seen.headers.contains_key("x-storno-signature"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new signing header never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = server
+        .api(
+            Method::GET,
+            "/api/v1/webhooks/events",
+            Some(OPS_TOKEN),
+            Some(COMPANY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        events.json()["data"],
+        serde_json::json!(["invoice.created"])
+    );
 }

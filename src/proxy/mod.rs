@@ -427,7 +427,7 @@ pub async fn forward(
     headers.remove(header::HOST);
     headers.remove(header::EXPECT);
     headers.remove(&X_WEBHOOK_ID);
-    signer.finish(&state.config.signing.header, &mut headers);
+    signer.finish(&state.signing_header.load(), &mut headers);
     // The application's own `Content-Length` is kept when it is exact (no new header value);
     // none is invented for a bodiless request of a method that takes no body (GET, HEAD…).
     let bodiless = body.is_empty()
