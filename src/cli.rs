@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,15 +20,17 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, StoreBackend};
+use crate::egress::SystemResolver;
+use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
-use crate::state::{self, AppState};
+use crate::state::{self, AppState, BuildError};
 use crate::store::crypt::Sealer;
 use crate::store::etcd::{self, EtcdBackend};
 use crate::store::file::{self as file_store, FileBackend};
 use crate::store::{Backend, EndpointRecord, Snapshot};
 use crate::upstream::client;
-use crate::{audit, keyring};
+use crate::{audit, keyring, telemetry};
 use crate::{Listeners, RunError};
 
 /// How long `healthcheck` waits for `/healthz`.
@@ -456,11 +459,15 @@ fn usage_error(why: &str) -> ExitCode {
 
 fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let config = Config::load(path)?;
-    crate::init_logging(config.log.format);
+    let metrics = Metrics::new().map_err(BuildError::Metrics)?;
+    let traces = telemetry::Pipeline::start(&config.tracing, metrics.trace_spans_dropped.clone())
+        .map_err(BuildError::Telemetry)?;
+    crate::init_logging(config.log.format, traces.as_ref());
+    let grace = config.server.shutdown_grace;
     let runtime = runtime(config.server.worker_threads)?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
-        let state = AppState::build(config).await?;
+        let state = AppState::build_with(config, Arc::new(SystemResolver), metrics).await?;
         // Handlers first, then the ready line: whoever reads it may signal at once.
         let signalled = crate::shutdown_signal();
         let shutdown = CancellationToken::new();
@@ -480,10 +487,21 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
             signal.cancel();
         });
         crate::serve(state, listeners, shutdown).await?;
-        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // After the servers: the last spans are exported, within the shutdown grace.
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown(grace.min(TRACE_FLUSH_MAX));
+    }
+    if served.is_ok() {
+        tracing::info!("stopped");
+    }
+    served
 }
+
+/// How long `serve` waits at exit for the last spans to reach the collector, at most.
+const TRACE_FLUSH_MAX: Duration = Duration::from_secs(5);
 
 /// Validates everything `serve` would load; prints each problem.
 fn check(path: &Path) -> ExitCode {

@@ -33,6 +33,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
 }
 
 /// `[proxy]`: the application-facing listener and the delivery path.
@@ -230,6 +231,33 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+/// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless
+/// `otlp_endpoint` is set.
+#[derive(Clone, Debug)]
+pub struct TracingConfig {
+    /// `otlp_endpoint`: the collector's base URL (`http://host:port`); spans go to its
+    /// `/v1/traces`. `None`: tracing is off.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// `service_name`: the `service.name` resource attribute.
+    pub service_name: String,
+    /// `resource_attributes`: further resource attributes, by key.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `sample_ratio`: the share of new traces sampled (0 to 1); a request that arrives with a
+    /// `traceparent` follows its sampled flag.
+    pub sample_ratio: f64,
+    /// `export_timeout`: one export request to the collector, at most.
+    pub export_timeout: Duration,
+    /// `max_queue_size`: finished spans waiting for export, at most; more are dropped (and
+    /// counted in `hooksign_trace_spans_dropped_total`).
+    pub max_queue_size: usize,
+    /// `propagate_to_customers`: forward `traceparent`/`tracestate` to customers (hooksign's
+    /// own span context when tracing is on); off: they are removed.
+    pub propagate_to_customers: bool,
+}
+
+/// Bounds of `[tracing] max_queue_size`.
+pub const TRACING_QUEUE_SIZE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
 /// `[log] format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -325,6 +353,7 @@ struct RawConfig {
     events: RawEvents,
     server: RawServer,
     log: RawLog,
+    tracing: RawTracing,
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,6 +549,32 @@ impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: "text".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    service_name: String,
+    resource_attributes: std::collections::BTreeMap<String, String>,
+    sample_ratio: f64,
+    export_timeout: String,
+    max_queue_size: usize,
+    propagate_to_customers: bool,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "hooksign".into(),
+            resource_attributes: std::collections::BTreeMap::new(),
+            sample_ratio: 1.0,
+            export_timeout: "5s".into(),
+            max_queue_size: 4096,
+            propagate_to_customers: false,
         }
     }
 }
@@ -766,6 +821,8 @@ impl RawConfig {
             }
         };
 
+        let tracing = validate_tracing(self.tracing, &mut problem);
+
         Config {
             path: path.to_owned(),
             proxy,
@@ -778,6 +835,7 @@ impl RawConfig {
             },
             server,
             log: LogConfig { format },
+            tracing,
         }
     }
 }
@@ -910,6 +968,61 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
         password: raw.password,
         page_size: raw.page_size,
         max_message_bytes: raw.max_message_bytes,
+    }
+}
+
+fn validate_tracing(raw: RawTracing, problem: &mut impl FnMut(&str, String)) -> TracingConfig {
+    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|text| {
+        let usable = Url::parse(text).ok().filter(|url| {
+            url.scheme() == "http"
+                && url.host().is_some()
+                && url.username().is_empty()
+                && url.password().is_none()
+                && url.query().is_none()
+        });
+        match usable.and_then(|_| text.parse::<http::Uri>().ok()) {
+            Some(uri) => Some(uri),
+            None => {
+                problem(
+                    "tracing.otlp_endpoint",
+                    format!("{text:?} is not a URL such as \"http://127.0.0.1:4318\" (http://, no credentials or query)"),
+                );
+                None
+            }
+        }
+    });
+    if raw.service_name.trim().is_empty() {
+        problem("tracing.service_name", "must not be empty".into());
+    }
+    for key in raw.resource_attributes.keys() {
+        if key.is_empty() || key == "service.name" {
+            problem(
+                &format!("tracing.resource_attributes.{key}"),
+                "keys are not empty and not service.name (set service_name)".into(),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&raw.sample_ratio) {
+        problem("tracing.sample_ratio", "must be 0 to 1".into());
+    }
+    if !TRACING_QUEUE_SIZE.contains(&raw.max_queue_size) {
+        problem(
+            "tracing.max_queue_size",
+            format!(
+                "must be {} to {}",
+                TRACING_QUEUE_SIZE.start(),
+                TRACING_QUEUE_SIZE.end()
+            ),
+        );
+    }
+    TracingConfig {
+        otlp_endpoint,
+        service_name: raw.service_name,
+        resource_attributes: raw.resource_attributes.into_iter().collect(),
+        sample_ratio: raw.sample_ratio.clamp(0.0, 1.0),
+        export_timeout: duration("tracing.export_timeout", &raw.export_timeout, problem),
+        max_queue_size: raw.max_queue_size,
+        propagate_to_customers: raw.propagate_to_customers,
     }
 }
 

@@ -18,6 +18,7 @@
 //! - [`audit`]: the hash-chained audit log of admin writes.
 //! - [`state`]: [`AppState`], the handles the proxy and admin ports share, built from config.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`telemetry`]: OpenTelemetry traces of deliveries and admin requests, exported over OTLP.
 //! - [`outcome`]: how a delivery ended (metric label, status and error code).
 //! - [`cli`]: the command line (`serve`, `check`, `token`, `sign`, `verify`, `healthcheck`).
 
@@ -40,6 +41,7 @@ pub mod secret;
 pub mod signing;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 
 pub use state::{AppState, BuildError};
@@ -342,18 +344,53 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     }
 }
 
-/// Installs the global `tracing` subscriber: `RUST_LOG` filters (default `info`), text or JSON.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global `tracing` subscriber: `RUST_LOG` filters (default `info`), text or JSON;
+/// with a trace pipeline, its layer beside the log output. The log output never shows the spans
+/// exported ([`telemetry::TARGET`]); it shows a delivery's `trace_id` span
+/// ([`telemetry::LOG_TARGET`]) whatever `RUST_LOG` says.
+pub fn init_logging(format: LogFormat, traces: Option<&telemetry::Pipeline>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        .add_directive(
+            format!("{}=off", telemetry::TARGET)
+                .parse()
+                .expect("a target=off directive parses"),
+        );
+    let Some(traces) = traces else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(io::stderr().is_terminal())
+            .with_writer(io::stderr);
+        let _ = match format {
+            LogFormat::Text => builder.try_init(),
+            LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        };
+        return;
+    };
+    let filter = filter.add_directive(
+        format!("{}=trace", telemetry::LOG_TARGET)
+            .parse()
+            .expect("a target=trace directive parses"),
+    );
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(io::stderr().is_terminal())
         .with_writer(io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let output = match format {
+        LogFormat::Text => output.with_filter(filter).boxed(),
+        LogFormat::Json => output
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(output)
+        .with(traces.layer())
+        .try_init();
 }
 
 /// Prints the ready line to stdout and flushes it.

@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 pub use crate::upstream::body::ChunkBody;
@@ -42,7 +43,7 @@ pub use crate::upstream::pool::UpstreamBody;
 use crate::upstream::pool::{Origin, UpstreamError};
 pub use headers::strip_hop_by_hop;
 use response::Busy;
-pub use response::GuardedBody;
+pub use response::{Delivered, GuardedBody};
 
 use crate::egress::forward::TunnelFailure;
 use crate::egress::{self, DenyReason};
@@ -51,6 +52,7 @@ use crate::metrics::{Bulkhead, InFlight};
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
 use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
+use crate::telemetry;
 
 /// The header naming the endpoint a delivery is for.
 pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
@@ -179,9 +181,21 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let in_flight = state.metrics.in_flight();
     let started = Instant::now();
-    let response = match deliver(&state, request, in_flight).await {
+    let span = telemetry::delivery_span(request.method(), request.headers());
+    let log = telemetry::log_span(&span);
+    let delivered = if span.is_disabled() {
+        deliver(&state, request, in_flight, &span).await
+    } else {
+        deliver(&state, request, in_flight, &span)
+            .instrument(span.clone())
+            .instrument(log.clone())
+            .await
+    };
+    let response = match delivered {
         Ok(response) => response,
         Err(refused) => {
+            telemetry::finished(&span, refused.outcome, refused.outcome.status());
+            let _log = log.entered();
             log_refusal(
                 refused.outcome,
                 refused.endpoint.as_ref(),
@@ -222,6 +236,7 @@ async fn deliver(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     in_flight: InFlight,
+    span: &Span,
 ) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
     if let Some(refused) = ambiguous(&parts) {
@@ -244,6 +259,7 @@ async fn deliver(
             .get(&uuid)
             .ok_or_else(|| state.refuse(Outcome::UnknownWebhook, Some(&uuid)))?,
     );
+    telemetry::endpoint_found(span, &endpoint);
     if endpoint.status != Status::Active {
         return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
     }
@@ -275,6 +291,7 @@ async fn deliver(
     .map_err(|_| Outcome::BodyReadTimeout)
     .and_then(|read| read)
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
+    telemetry::body_read(span, body.len());
 
     let started = tokio::time::Instant::now();
     let version = parts.version;
@@ -313,6 +330,10 @@ async fn deliver(
         started,
         in_flight,
         busy,
+        Delivered {
+            span: span.clone(),
+            status: parts.status,
+        },
     );
     // The first bytes are read before the status goes out: a body broken from its start is
     // hooksign's 502, not the customer's status over an empty reply.
@@ -398,6 +419,13 @@ pub async fn forward(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
 
+    let client = telemetry::upstream_span(&method, &endpoint.target, body.len());
+    telemetry::propagate(
+        &mut headers,
+        state.config.tracing.propagate_to_customers,
+        &client,
+    );
+
     let mut upstream_request = Request::new(body);
     *upstream_request.method_mut() = method;
     *upstream_request.uri_mut() = endpoint.target.clone();
@@ -416,12 +444,16 @@ pub async fn forward(
     let started = Instant::now();
     let sent = tokio::time::timeout(
         state.config.proxy.upstream_timeout,
-        state.upstream.send(&origin, upstream_request),
+        state
+            .upstream
+            .send(&origin, upstream_request)
+            .instrument(client.clone()),
     )
     .await;
     let elapsed = started.elapsed();
     let response = match sent {
         Err(_) => {
+            telemetry::upstream_failed(&client, Outcome::UpstreamTimeout);
             exchanged(state, &origin, &uuid, Outcome::UpstreamTimeout, elapsed);
             return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid)));
         }
@@ -436,6 +468,7 @@ pub async fn forward(
                 return Err(state.saturated(Bulkhead::OriginConnections, &uuid));
             }
             let outcome = classify_upstream_error(&err);
+            telemetry::upstream_failed(&client, outcome);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
             if err.trips_breaker() {
                 exchanged(state, &origin, &uuid, outcome, elapsed);
@@ -448,6 +481,7 @@ pub async fn forward(
         }
         Ok(Ok(response)) => response,
     };
+    telemetry::upstream_answered(&client, response.status());
     if response.status().is_informational() {
         // hyper passes interim 1xx by; a final one is an unrequested `101` (an upgrade is never
         // asked for: `Upgrade` is hop-by-hop and not forwarded).

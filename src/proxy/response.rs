@@ -25,6 +25,7 @@ use crate::metrics::InFlight;
 use crate::outcome::Outcome;
 use crate::state::AppState;
 use crate::store::{DeliveryOutcome, Endpoint};
+use crate::telemetry;
 
 /// Why hooksign cut a response body.
 #[derive(Debug)]
@@ -72,6 +73,13 @@ impl Drop for Busy {
     }
 }
 
+/// What the delivery's trace records when the body ends: its server span (disabled when
+/// tracing is off) and the status the application got.
+pub struct Delivered {
+    pub span: tracing::Span,
+    pub status: http::StatusCode,
+}
+
 /// The delivery to record when the body ends.
 struct Pending {
     state: Arc<AppState>,
@@ -80,6 +88,7 @@ struct Pending {
     complete: Outcome,
     /// From sending the request to its response headers (for the upstream histogram).
     headers_after: Duration,
+    delivered: Delivered,
     _in_flight: InFlight,
     _busy: Busy,
 }
@@ -87,6 +96,7 @@ struct Pending {
 impl GuardedBody {
     /// Guards `inner`, whose exchange started at `started`; `complete` is the outcome if it
     /// ends normally.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: UpstreamBody,
         state: Arc<AppState>,
@@ -95,6 +105,7 @@ impl GuardedBody {
         started: Instant,
         in_flight: InFlight,
         busy: Busy,
+        delivered: Delivered,
     ) -> Self {
         let config = &state.config.proxy;
         let deadline = started + config.response_timeout;
@@ -113,6 +124,7 @@ impl GuardedBody {
                 endpoint,
                 complete,
                 headers_after: started.elapsed(),
+                delivered,
                 _in_flight: in_flight,
                 _busy: busy,
             }),
@@ -146,6 +158,7 @@ impl GuardedBody {
         };
         let metrics = &pending.state.metrics;
         metrics.delivery(outcome);
+        telemetry::finished(&pending.delivered.span, outcome, pending.delivered.status);
         metrics.upstream_duration(outcome, pending.headers_after.as_secs_f64());
         let recorded = if outcome == Outcome::Success {
             DeliveryOutcome::Success
