@@ -972,7 +972,7 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
 }
 
 fn validate_tracing(raw: RawTracing, problem: &mut impl FnMut(&str, String)) -> TracingConfig {
-    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|text| {
+    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|text: &str| {
         let usable = Url::parse(text).ok().filter(|url| {
             url.scheme() == "http"
                 && url.host().is_some()
@@ -985,7 +985,8 @@ fn validate_tracing(raw: RawTracing, problem: &mut impl FnMut(&str, String)) -> 
             None => {
                 problem(
                     "tracing.otlp_endpoint",
-                    format!("{text:?} is not a URL such as \"http://127.0.0.1:4318\" (http://, no credentials or query)"),
+                    // The value is not echoed: it may hold credentials.
+                    "must be a URL such as \"http://127.0.0.1:4318\" (http://, no credentials or query)".into(),
                 );
                 None
             }
@@ -1209,6 +1210,53 @@ mod tests {
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
         assert!(c.server.worker_threads >= 1);
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_validated() {
+        let c = parse("").unwrap();
+        assert!(c.tracing.otlp_endpoint.is_none());
+        assert_eq!(c.tracing.service_name, "hooksign");
+        assert_eq!(c.tracing.sample_ratio, 1.0);
+        assert_eq!(c.tracing.export_timeout, Duration::from_secs(5));
+        assert_eq!(c.tracing.max_queue_size, 4096);
+        assert!(!c.tracing.propagate_to_customers);
+
+        let c = parse(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\n\
+             resource_attributes = { \"deployment.environment\" = \"prod\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tracing.otlp_endpoint.unwrap().to_string(),
+            "http://127.0.0.1:4318/"
+        );
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        assert_eq!(
+            c.tracing.resource_attributes,
+            [("deployment.environment".to_owned(), "prod".to_owned())]
+        );
+
+        let err = parse(
+            "[tracing]\notlp_endpoint = \"https://user:pw@collector:4318\"\nsample_ratio = 1.5\n\
+             export_timeout = \"0s\"\nmax_queue_size = 0\nservice_name = \"\"\n\
+             resource_attributes = { \"service.name\" = \"x\" }\n",
+        )
+        .unwrap_err();
+        let problems = err.problems().join("\n");
+        for key in [
+            "tracing.otlp_endpoint",
+            "tracing.sample_ratio",
+            "tracing.export_timeout",
+            "tracing.max_queue_size",
+            "tracing.service_name",
+            "tracing.resource_attributes.service.name",
+        ] {
+            assert!(problems.contains(key), "{key} in {problems}");
+        }
+        assert!(!problems.contains("pw"), "{problems}");
+        assert!(parse("[tracing]\notlp_endpoint = \"not a url\"\n").is_err());
+        assert!(parse("[tracing]\nsample_rate = 1\n").is_err());
     }
 
     #[test]
