@@ -255,8 +255,8 @@ pub struct TracingConfig {
     pub propagate_to_customers: bool,
 }
 
-/// Bounds of `[tracing] max_queue_size`.
-pub const TRACING_QUEUE_SIZE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+/// Bounds of `[tracing] max_queue_size` (the queue's slots are allocated at start).
+pub const TRACING_QUEUE_SIZE: std::ops::RangeInclusive<usize> = 1..=100_000;
 
 /// `[log] format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -356,6 +356,34 @@ async fn with_propagation_the_customer_gets_hooksigns_span_and_json_logs_carry_t
     assert_eq!(delivered["span"]["trace_id"], APP_TRACE, "{delivered}");
 }
 
+#[tokio::test]
+async fn spans_still_queued_at_shutdown_are_exported_before_exit() {
+    let Some(python) = python() else { return };
+    let receiver = Receiver::start(&python);
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let endpoint = EndpointSpec::new(upstream.url("/in"));
+    let mut binary = TestBinary::start(
+        &traced_config(&pki, &receiver.endpoint()),
+        &store_toml(&[&endpoint]),
+    );
+    let reply = call(
+        binary.proxy,
+        Method::POST,
+        "/",
+        &[("x-webhook-id", &endpoint.uuid)],
+        BODY.into(),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    binary.signal("TERM");
+    assert_eq!(binary.wait_exit(Duration::from_secs(20)), Some(0));
+    // No waiting: whatever was queued went out before the process ended.
+    let spans = receiver.spans();
+    assert_eq!(named(&spans, "delivery").len(), 1, "{spans:#?}");
+    assert_eq!(named(&spans, "upstream").len(), 1, "{spans:#?}");
+}
+
 /// A collector that accepts connections and never answers.
 async fn stalled_collector() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
