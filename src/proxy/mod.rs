@@ -436,6 +436,7 @@ pub async fn forward(
         Admission::Closed => {}
         Admission::Probe => circuit_changed(state, &uuid, CircuitState::HalfOpen),
         Admission::Reject { retry_after } => {
+            telemetry::upstream_failed(&client, Outcome::CircuitOpen);
             let mut refused = state.refuse(Outcome::CircuitOpen, Some(&uuid));
             refused.retry_after = Some(retry_after);
             return Err(refused);
@@ -460,11 +461,13 @@ pub async fn forward(
         Ok(Err(err)) => {
             if let Some(denied) = egress::denial_in(&err) {
                 let reason = denied.reason();
+                telemetry::upstream_failed(&client, Outcome::DestinationForbidden);
                 state.metrics.egress_refused(reason);
                 tracing::warn!(endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
                 return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
             }
             if matches!(err, UpstreamError::Saturated) {
+                telemetry::upstream_failed(&client, Outcome::UpstreamSaturated);
                 return Err(state.saturated(Bulkhead::OriginConnections, &uuid));
             }
             let outcome = classify_upstream_error(&err);
