@@ -372,9 +372,9 @@ pub fn init_logging(format: LogFormat, traces: Option<&telemetry::Pipeline>) {
         return;
     };
     let filter = filter.add_directive(
-        format!("{}=trace", telemetry::LOG_TARGET)
+        format!("{}=info", telemetry::LOG_TARGET)
             .parse()
-            .expect("a target=trace directive parses"),
+            .expect("a target=info directive parses"),
     );
     let output = tracing_subscriber::fmt::layer()
         .with_ansi(io::stderr().is_terminal())

@@ -1,9 +1,10 @@
 //! The export side of the trace pipeline: a bounded queue between the spans and the
 //! collector, drained by one thread of its own.
 //!
-//! A finished span is handed over with a `try_send` on a bounded channel (no lock, no wait):
-//! when the queue is full the span is dropped and counted, so a slow or absent collector can
-//! never hold a delivery up. The export thread runs a small runtime of its own (the proxy's
+//! A finished span is handed over with a `try_send` on a bounded channel (no lock, no wait, and
+//! no wake-up: the export thread polls the queue every 50 ms instead of blocking on it): when
+//! the queue is full the span is dropped and counted, so a slow or absent collector can never
+//! hold a delivery up. The export thread runs a small runtime of its own (the proxy's
 //! runtime never waits on the collector), sends batches over OTLP/HTTP protobuf with each export
 //! bounded by `[tracing] export_timeout`, and counts the spans of a failed export as dropped
 //! too: `hooksign_trace_spans_dropped_total` is every sampled span the collector did not get.
@@ -36,8 +37,8 @@ pub const MAX_BATCH: usize = 512;
 /// How long a span waits in the queue for a batch to fill, at most.
 pub const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How often the export thread looks for a shutdown while the queue is quiet.
-const STOP_POLL: Duration = Duration::from_millis(50);
+/// How often the export thread takes the spans queued (and looks for a shutdown).
+const TICK: Duration = Duration::from_millis(50);
 
 /// The largest collector response body read (OTLP answers are a few bytes).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -142,43 +143,40 @@ struct Worker {
 }
 
 impl Worker {
-    /// Exports batches (full, or every [`EXPORT_INTERVAL`]) until a shutdown finds the queue
-    /// empty.
-    fn run(mut self, runtime: &tokio::runtime::Runtime) {
+    /// Every [`TICK`], takes what is queued without waiting on the queue (a blocked receiver
+    /// would make every span's hand-over wake this thread: two context switches per span), and
+    /// exports full batches at once and the rest every [`EXPORT_INTERVAL`], until a shutdown
+    /// finds the queue empty.
+    fn run(self, runtime: &tokio::runtime::Runtime) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut deadline = Instant::now() + EXPORT_INTERVAL;
         loop {
             let stopping = self.stop.load(Ordering::Acquire);
-            let wait = if stopping {
-                Duration::ZERO
-            } else {
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(STOP_POLL)
-            };
-            let drained = match self.queue.recv_timeout(wait) {
-                Ok(span) => {
-                    batch.push(span);
-                    false
+            while let Ok(span) = self.queue.try_recv() {
+                batch.push(span);
+                if batch.len() == MAX_BATCH {
+                    self.export(
+                        runtime,
+                        std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)),
+                    );
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => true,
-            };
-            let now = Instant::now();
-            let due = batch.len() >= MAX_BATCH || ((stopping && drained) || now >= deadline);
-            if due && !batch.is_empty() {
+            }
+            if !batch.is_empty() && (stopping || Instant::now() >= deadline) {
                 self.export(
                     runtime,
                     std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH)),
                 );
             }
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 deadline = Instant::now() + EXPORT_INTERVAL;
             }
-            if stopping && drained && batch.is_empty() {
+            if stopping {
                 break;
             }
+            std::thread::sleep(TICK);
         }
-        let _ = self.exporter.shutdown();
+        let mut exporter = self.exporter;
+        let _ = exporter.shutdown();
     }
 
     /// One export request; its spans are counted as dropped when it fails or times out.

@@ -112,7 +112,7 @@ impl Pipeline {
             .with_level(false)
             .with_target(false)
             .with_tracked_inactivity(false)
-            .with_filter(Targets::new().with_target(TARGET, LevelFilter::TRACE))
+            .with_filter(Targets::new().with_target(TARGET, LevelFilter::INFO))
     }
 
     /// Exports what is queued, waiting `bound` at most.
@@ -220,7 +220,7 @@ pub fn upstream_answered(span: &Span, status: StatusCode) {
     if span.is_disabled() {
         return;
     }
-    tracing::debug!(target: TARGET, parent: span, "first_byte");
+    tracing::info!(target: TARGET, parent: span, "first_byte");
     span.record("http.response.status_code", i64::from(status.as_u16()));
 }
 
