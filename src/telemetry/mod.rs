@@ -112,6 +112,9 @@ impl Pipeline {
             .with_level(false)
             .with_target(false)
             .with_tracked_inactivity(false)
+            // hooksign reads span contexts through the spans themselves: no OpenTelemetry
+            // context attached to the thread at every poll of an instrumented future.
+            .with_context_activation(false)
             .with_filter(Targets::new().with_target(TARGET, LevelFilter::INFO))
     }
 
@@ -215,12 +218,9 @@ pub fn upstream_span(method: &Method, target: &Uri, body_bytes: u64) -> Span {
     )
 }
 
-/// Records the upstream's response head on the client span (its `first_byte` event).
+/// Records the upstream's response head on the client span, which ends with it: the span's
+/// end is the first byte of the response.
 pub fn upstream_answered(span: &Span, status: StatusCode) {
-    if span.is_disabled() {
-        return;
-    }
-    tracing::info!(target: TARGET, parent: span, "first_byte");
     span.record("http.response.status_code", i64::from(status.as_u16()));
 }
 
