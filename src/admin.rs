@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use uuid::Uuid;
@@ -35,6 +36,7 @@ pub use error::{AdminError, ErrorBody};
 
 use crate::listen::Listener;
 use crate::state::AppState;
+use crate::telemetry;
 
 /// The OpenAPI document of the admin API, generated from the handlers' annotations.
 #[derive(OpenApi)]
@@ -204,10 +206,12 @@ async fn count_requests(
     request: Request,
     next: Next,
 ) -> Response {
-    let response = next.run(request).await;
     let route = matched
         .as_ref()
         .map_or(UNMATCHED_ROUTE, |path| path.as_str());
+    let span = telemetry::admin_span(request.method(), route, request.headers());
+    let response = next.run(request).instrument(span.clone()).await;
+    telemetry::admin_answered(&span, response.status());
     state.metrics.admin_request(route, response.status());
     response
 }

@@ -20,15 +20,17 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Listen, StoreBackend};
+use crate::egress::SystemResolver;
+use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
-use crate::state::{self, AppState};
+use crate::state::{self, AppState, BuildError};
 use crate::store::crypt::Sealer;
 use crate::store::etcd::{self, EtcdBackend};
 use crate::store::file::{self as file_store, FileBackend};
 use crate::store::{Backend, EndpointRecord, Snapshot};
 use crate::upstream::client;
-use crate::{audit, keyring};
+use crate::{audit, keyring, telemetry};
 use crate::{Listeners, RunError};
 
 /// `println!` for a pipe that may be closed (`hooksign check | head -c0`): a write error ends
@@ -494,7 +496,11 @@ fn usage_error(why: &str) -> ExitCode {
 fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let mut config = Config::load(path)?;
     let format = config.log.format;
-    crate::init_logging(format, config.log.filter.as_deref());
+    let metrics = Metrics::new().map_err(BuildError::Metrics)?;
+    let traces = telemetry::Pipeline::start(&config.tracing, metrics.trace_spans_dropped.clone())
+        .map_err(BuildError::Telemetry)?;
+    crate::init_logging(format, config.log.filter.as_deref(), traces.as_ref());
+    let grace = config.server.shutdown_grace;
     let as_read = config.clone();
     let budget = crate::limits::Budget::derive(crate::limits::raise_nofile_limit(), &config);
     budget.apply(&mut config);
@@ -506,9 +512,9 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
         "connection caps"
     );
     let runtime = runtime(config.server.worker_threads)?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
-        let state = AppState::build(config).await?;
+        let state = AppState::build_with(config, Arc::new(SystemResolver), metrics).await?;
         // Reloads compare with the file as read, not with the caps fitted to the fd limit.
         state.live.send_replace(Arc::new(as_read));
         // Handlers first, then the ready line: whoever reads it may signal at once.
@@ -544,10 +550,21 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
             shutdown.clone(),
         ));
         crate::serve(state, listeners, shutdown).await?;
-        tracing::info!("stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // After the servers: the last spans are exported, within the shutdown grace.
+    drop(runtime);
+    if let Some(traces) = traces {
+        traces.shutdown(grace.min(TRACE_FLUSH_MAX));
+    }
+    if served.is_ok() {
+        tracing::info!("stopped");
+    }
+    served
 }
+
+/// How long `serve` waits at exit for the last spans to reach the collector, at most.
+const TRACE_FLUSH_MAX: Duration = Duration::from_secs(5);
 
 /// Validates everything `serve` would load; prints each problem.
 fn check(path: &Path) -> ExitCode {

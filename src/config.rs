@@ -33,6 +33,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
 }
 
 /// Where a port listens (`listen`, `listen_mode`).
@@ -289,6 +290,33 @@ pub struct LogConfig {
     pub filter: Option<String>,
 }
 
+/// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless
+/// `otlp_endpoint` is set.
+#[derive(Clone, Debug)]
+pub struct TracingConfig {
+    /// `otlp_endpoint`: the collector's base URL (`http://host:port`); spans go to its
+    /// `/v1/traces`. `None`: tracing is off.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// `service_name`: the `service.name` resource attribute.
+    pub service_name: String,
+    /// `resource_attributes`: further resource attributes, by key.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `sample_ratio`: the share of new traces sampled (0 to 1); a request that arrives with a
+    /// `traceparent` follows its sampled flag.
+    pub sample_ratio: f64,
+    /// `export_timeout`: one export request to the collector, at most.
+    pub export_timeout: Duration,
+    /// `max_queue_size`: finished spans waiting for export, at most; more are dropped (and
+    /// counted in `hooksign_trace_spans_dropped_total`).
+    pub max_queue_size: usize,
+    /// `propagate_to_customers`: forward `traceparent`/`tracestate` to customers (hooksign's
+    /// own span context when tracing is on); off: they are removed.
+    pub propagate_to_customers: bool,
+}
+
+/// Bounds of `[tracing] max_queue_size` (the queue's slots are allocated at start).
+pub const TRACING_QUEUE_SIZE: std::ops::RangeInclusive<usize> = 1..=100_000;
+
 /// `[log] format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -406,6 +434,7 @@ struct RawConfig {
     events: RawEvents,
     server: RawServer,
     log: RawLog,
+    tracing: RawTracing,
 }
 
 #[derive(Debug, Deserialize)]
@@ -636,6 +665,32 @@ impl Default for RawLog {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+struct RawTracing {
+    otlp_endpoint: Option<String>,
+    service_name: String,
+    resource_attributes: std::collections::BTreeMap<String, String>,
+    sample_ratio: f64,
+    export_timeout: String,
+    max_queue_size: usize,
+    propagate_to_customers: bool,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "hooksign".into(),
+            resource_attributes: std::collections::BTreeMap::new(),
+            sample_ratio: 1.0,
+            export_timeout: "5s".into(),
+            max_queue_size: 4096,
+            propagate_to_customers: false,
+        }
+    }
+}
+
 // === reading sections ===
 
 impl RawConfig {
@@ -653,9 +708,10 @@ impl RawConfig {
                 "events" => raw.events = section(&name, value, problems),
                 "server" => raw.server = section(&name, value, problems),
                 "log" => raw.log = section(&name, value, problems),
+                "tracing" => raw.tracing = section(&name, value, problems),
                 _ => problems.push(format!(
                     "{name}: unknown section (expected proxy, admin, store, signing, egress, \
-                     events, server or log)"
+                     events, server, log or tracing)"
                 )),
             }
         }
@@ -1123,6 +1179,8 @@ impl RawConfig {
             }
         }
 
+        let tracing = validate_tracing(self.tracing, &mut problem);
+
         Config {
             path: path.to_owned(),
             proxy,
@@ -1139,6 +1197,7 @@ impl RawConfig {
                 access: self.log.access,
                 filter: self.log.filter,
             },
+            tracing,
         }
     }
 }
@@ -1265,6 +1324,62 @@ fn validate_etcd(raw: RawEtcd, base: &Path, problem: &mut impl FnMut(&str, Strin
         password: raw.password,
         page_size: raw.page_size,
         max_message_bytes: raw.max_message_bytes,
+    }
+}
+
+fn validate_tracing(raw: RawTracing, problem: &mut impl FnMut(&str, String)) -> TracingConfig {
+    let otlp_endpoint = raw.otlp_endpoint.as_deref().and_then(|text: &str| {
+        let usable = Url::parse(text).ok().filter(|url| {
+            url.scheme() == "http"
+                && url.host().is_some()
+                && url.username().is_empty()
+                && url.password().is_none()
+                && url.query().is_none()
+        });
+        match usable.and_then(|_| text.parse::<http::Uri>().ok()) {
+            Some(uri) => Some(uri),
+            None => {
+                problem(
+                    "tracing.otlp_endpoint",
+                    // The value is not echoed: it may hold credentials.
+                    "must be a URL such as \"http://127.0.0.1:4318\" (http://, no credentials or query)".into(),
+                );
+                None
+            }
+        }
+    });
+    if raw.service_name.trim().is_empty() {
+        problem("tracing.service_name", "must not be empty".into());
+    }
+    for key in raw.resource_attributes.keys() {
+        if key.is_empty() || key == "service.name" {
+            problem(
+                &format!("tracing.resource_attributes.{key}"),
+                "keys are not empty and not service.name (set service_name)".into(),
+            );
+        }
+    }
+    if !(0.0..=1.0).contains(&raw.sample_ratio) {
+        problem("tracing.sample_ratio", "must be 0 to 1".into());
+    }
+    if !TRACING_QUEUE_SIZE.contains(&raw.max_queue_size) {
+        problem(
+            "tracing.max_queue_size",
+            format!(
+                "must be {} to {}",
+                TRACING_QUEUE_SIZE.start(),
+                TRACING_QUEUE_SIZE.end()
+            ),
+        );
+    }
+    TracingConfig {
+        otlp_endpoint,
+        service_name: raw.service_name,
+        resource_attributes: raw.resource_attributes.into_iter().collect(),
+        sample_ratio: raw.sample_ratio.clamp(0.0, 1.0),
+        export_timeout: duration("tracing.export_timeout", &raw.export_timeout, problem),
+        max_queue_size: raw.max_queue_size,
+        propagate_to_customers: raw.propagate_to_customers,
     }
 }
 
@@ -1522,6 +1637,53 @@ mod tests {
         assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
         assert!(c.server.worker_threads >= 1);
         assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn tracing_is_off_by_default_and_validated() {
+        let c = parse("").unwrap();
+        assert!(c.tracing.otlp_endpoint.is_none());
+        assert_eq!(c.tracing.service_name, "hooksign");
+        assert_eq!(c.tracing.sample_ratio, 1.0);
+        assert_eq!(c.tracing.export_timeout, Duration::from_secs(5));
+        assert_eq!(c.tracing.max_queue_size, 4096);
+        assert!(!c.tracing.propagate_to_customers);
+
+        let c = parse(
+            "[tracing]\notlp_endpoint = \"http://127.0.0.1:4318\"\nsample_ratio = 0.25\n\
+             resource_attributes = { \"deployment.environment\" = \"prod\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.tracing.otlp_endpoint.unwrap().to_string(),
+            "http://127.0.0.1:4318/"
+        );
+        assert_eq!(c.tracing.sample_ratio, 0.25);
+        assert_eq!(
+            c.tracing.resource_attributes,
+            [("deployment.environment".to_owned(), "prod".to_owned())]
+        );
+
+        let err = parse(
+            "[tracing]\notlp_endpoint = \"https://user:pw@collector:4318\"\nsample_ratio = 1.5\n\
+             export_timeout = \"0s\"\nmax_queue_size = 0\nservice_name = \"\"\n\
+             resource_attributes = { \"service.name\" = \"x\" }\n",
+        )
+        .unwrap_err();
+        let problems = err.problems().join("\n");
+        for key in [
+            "tracing.otlp_endpoint",
+            "tracing.sample_ratio",
+            "tracing.export_timeout",
+            "tracing.max_queue_size",
+            "tracing.service_name",
+            "tracing.resource_attributes.service.name",
+        ] {
+            assert!(problems.contains(key), "{key} in {problems}");
+        }
+        assert!(!problems.contains("pw"), "{problems}");
+        assert!(parse("[tracing]\notlp_endpoint = \"not a url\"\n").is_err());
+        assert!(parse("[tracing]\nsample_rate = 1\n").is_err());
     }
 
     #[test]

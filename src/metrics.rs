@@ -133,6 +133,9 @@ pub struct Metrics {
     pub config_restart_required: IntGauge,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
+    /// `hooksign_trace_spans_dropped_total`: sampled spans the collector never got (the export
+    /// queue was full, or their export failed), handed to the trace pipeline.
+    pub trace_spans_dropped: IntCounter,
     /// `hooksign_client_certificate_expiry_timestamp_seconds`: the soonest `notAfter` of the
     /// endpoints' client certificates (0 when none has one), set at each scrape.
     pub client_certificate_expiry: IntGauge,
@@ -292,6 +295,10 @@ impl Metrics {
         )?;
         let secret_rotations =
             IntCounter::new("hooksign_secret_rotations_total", "Secrets regenerated")?;
+        let trace_spans_dropped = IntCounter::new(
+            "hooksign_trace_spans_dropped_total",
+            "Sampled trace spans not exported: the export queue was full or the export failed",
+        )?;
         let client_certificate_expiry = IntGauge::new(
             "hooksign_client_certificate_expiry_timestamp_seconds",
             "The soonest expiry (notAfter, Unix seconds) of the endpoints' client certificates; 0 when none has one",
@@ -346,6 +353,7 @@ impl Metrics {
         registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
+        registry.register(Box::new(trace_spans_dropped.clone()))?;
         registry.register(Box::new(client_certificate_expiry.clone()))?;
         registry.register(Box::new(egress_blocked.clone()))?;
         registry.register(Box::new(admin_requests.clone()))?;
@@ -383,6 +391,7 @@ impl Metrics {
             },
             store_endpoints,
             secret_rotations,
+            trace_spans_dropped,
             client_certificate_expiry,
             egress_blocked,
             egress_blocked_by_reason,

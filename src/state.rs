@@ -58,6 +58,8 @@ pub enum BuildError {
     Audit(#[from] AuditError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("starting the trace pipeline")]
+    Telemetry(#[source] crate::telemetry::TelemetryError),
 }
 
 impl AppState {
@@ -72,7 +74,16 @@ impl AppState {
         config: Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Arc<Self>, BuildError> {
-        let metrics = Metrics::new()?;
+        Self::build_with(config, resolver, Metrics::new()?).await
+    }
+
+    /// As [`AppState::build_with_resolver`], recording into `metrics` (built before the state
+    /// by `serve`, which hands the trace pipeline its drop counter first).
+    pub async fn build_with(
+        config: Config,
+        resolver: Arc<dyn Resolve>,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, BuildError> {
         let sealer = sealer_for(&config)?;
         let audit = match &config.admin.audit_log {
             Some(path) => Some(AuditLog::open(path)?),

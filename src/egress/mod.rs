@@ -465,6 +465,7 @@ impl EgressPolicy {
             .resolve(&host, port)
             .await
             .map_err(ConnectError::Denied)?;
+        tracing::info!(target: crate::telemetry::TARGET, addresses = addrs.len() as i64, "dns");
 
         let mut last = None;
         for addr in addrs {
@@ -487,6 +488,7 @@ impl EgressPolicy {
             }
             match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
+                    tracing::info!(target: crate::telemetry::TARGET, "connect");
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::debug!(error = %err, "cannot set TCP_NODELAY upstream");
                     }

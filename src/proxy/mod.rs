@@ -34,6 +34,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 pub use crate::upstream::body::ChunkBody;
@@ -43,7 +44,7 @@ use crate::upstream::pool::{Origin, UpstreamError};
 pub use headers::strip_hop_by_hop;
 use request_id::RequestId;
 use response::Busy;
-pub use response::GuardedBody;
+pub use response::{Delivered, GuardedBody};
 
 use crate::egress::forward::TunnelFailure;
 use crate::egress::{self, DenyReason};
@@ -53,6 +54,7 @@ use crate::metrics::{Bulkhead, InFlight};
 use crate::signing::{BodySigner, Delivery, MessageId};
 use crate::state::AppState;
 use crate::store::{now_text, DeliveryOutcome, Edit, Endpoint, Status, WriteError};
+use crate::telemetry;
 
 /// The header naming the endpoint a delivery is for.
 pub const X_WEBHOOK_ID: HeaderName = HeaderName::from_static("x-webhook-id");
@@ -181,7 +183,17 @@ pub async fn handle(
     let in_flight = state.metrics.in_flight();
     let started = Instant::now();
     let request_id = RequestId::of(request.headers());
-    let response = match deliver(&state, request, in_flight, &request_id).await {
+    let span = telemetry::delivery_span(request.method(), request.headers());
+    let log = telemetry::log_span(&span);
+    let delivered = if span.is_disabled() {
+        deliver(&state, request, in_flight, &request_id, &span).await
+    } else {
+        deliver(&state, request, in_flight, &request_id, &span)
+            .instrument(span.clone())
+            .instrument(log.clone())
+            .await
+    };
+    let response = match delivered {
         Ok(mut response) => {
             response
                 .headers_mut()
@@ -189,6 +201,8 @@ pub async fn handle(
             response
         }
         Err(refused) => {
+            telemetry::finished(&span, refused.outcome, refused.outcome.status());
+            let _log = log.entered();
             log_refusal(
                 &request_id,
                 refused.outcome,
@@ -248,6 +262,7 @@ async fn deliver(
     request: Request<Incoming>,
     in_flight: InFlight,
     request_id: &RequestId,
+    span: &Span,
 ) -> Result<Response<ProxyBody>, Refused> {
     let (parts, body) = request.into_parts();
     if !state.proxy_auth.load().allows(&parts.headers) {
@@ -273,6 +288,7 @@ async fn deliver(
             .get(&uuid)
             .ok_or_else(|| state.refuse(Outcome::UnknownWebhook, Some(&uuid)))?,
     );
+    telemetry::endpoint_found(span, &endpoint);
     if endpoint.status != Status::Active {
         return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
     }
@@ -310,6 +326,7 @@ async fn deliver(
     .map_err(|_| Outcome::BodyReadTimeout)
     .and_then(|read| read)
     .map_err(|outcome| state.refuse(outcome, Some(&uuid)))?;
+    telemetry::body_read(span, body.len());
 
     let started = tokio::time::Instant::now();
     let version = parts.version;
@@ -344,7 +361,6 @@ async fn deliver(
         Box::new(response::Access {
             request_id: request_id.clone(),
             message_id: access_message_id,
-            status: parts.status.as_u16(),
         })
     });
     let mut body = GuardedBody::new(
@@ -354,7 +370,11 @@ async fn deliver(
         complete,
         started,
         response::Held { in_flight, busy },
-        access,
+        Delivered {
+            span: span.clone(),
+            status: parts.status,
+            access,
+        },
     );
     // The first bytes are read before the status goes out: a body broken from its start is
     // hooksign's 502, not the customer's status over an empty reply.
@@ -440,6 +460,13 @@ pub async fn forward(
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
 
+    let client = telemetry::upstream_span(&method, &endpoint.target, body.len());
+    telemetry::propagate(
+        &mut headers,
+        state.config.tracing.propagate_to_customers,
+        &client,
+    );
+
     let mut upstream_request = Request::new(body);
     *upstream_request.method_mut() = method;
     *upstream_request.uri_mut() = endpoint.target.clone();
@@ -450,6 +477,7 @@ pub async fn forward(
         Admission::Closed => {}
         Admission::Probe => circuit_changed(state, &uuid, CircuitState::HalfOpen),
         Admission::Reject { retry_after } => {
+            telemetry::upstream_failed(&client, Outcome::CircuitOpen);
             let mut refused = state.refuse(Outcome::CircuitOpen, Some(&uuid));
             refused.retry_after = Some(retry_after);
             return Err(refused);
@@ -458,26 +486,33 @@ pub async fn forward(
     let started = Instant::now();
     let sent = tokio::time::timeout(
         state.config.proxy.upstream_timeout,
-        state.upstream.send(&origin, upstream_request),
+        state
+            .upstream
+            .send(&origin, upstream_request)
+            .instrument(client.clone()),
     )
     .await;
     let elapsed = started.elapsed();
     let response = match sent {
         Err(_) => {
+            telemetry::upstream_failed(&client, Outcome::UpstreamTimeout);
             exchanged(state, &origin, &uuid, Outcome::UpstreamTimeout, elapsed);
             return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid)));
         }
         Ok(Err(err)) => {
             if let Some(denied) = egress::denial_in(&err) {
                 let reason = denied.reason();
+                telemetry::upstream_failed(&client, Outcome::DestinationForbidden);
                 state.metrics.egress_refused(reason);
                 tracing::warn!(endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
                 return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
             }
             if matches!(err, UpstreamError::Saturated) {
+                telemetry::upstream_failed(&client, Outcome::UpstreamSaturated);
                 return Err(state.saturated(Bulkhead::OriginConnections, &uuid));
             }
             let outcome = classify_upstream_error(&err);
+            telemetry::upstream_failed(&client, outcome);
             tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
             if err.trips_breaker() {
                 exchanged(state, &origin, &uuid, outcome, elapsed);
@@ -490,6 +525,7 @@ pub async fn forward(
         }
         Ok(Ok(response)) => response,
     };
+    telemetry::upstream_answered(&client, response.status());
     if response.status().is_informational() {
         // hyper passes interim 1xx by; a final one is an unrequested `101` (an upgrade is never
         // asked for: `Upgrade` is hop-by-hop and not forwarded).

@@ -25,6 +25,7 @@ use crate::metrics::InFlight;
 use crate::outcome::Outcome;
 use crate::state::AppState;
 use crate::store::{DeliveryOutcome, Endpoint};
+use crate::telemetry;
 
 /// Why hooksign cut a response body.
 #[derive(Debug)]
@@ -54,12 +55,11 @@ pub struct GuardedBody {
     bytes: u64,
 }
 
-/// What the access log line of a delivery says beside the outcome (`[log] access`).
+/// What the access log line of a delivery says beside the outcome and status (`[log] access`).
 #[derive(Debug)]
 pub struct Access {
     pub request_id: super::request_id::RequestId,
     pub message_id: Option<crate::signing::MessageId>,
-    pub status: u16,
 }
 
 /// One delivery in flight to an endpoint (its `[proxy] max_in_flight_per_endpoint` count),
@@ -82,6 +82,15 @@ impl Drop for Busy {
     }
 }
 
+/// What the delivery's trace records when the body ends: its server span (disabled when
+/// tracing is off) and the status the application got.
+pub struct Delivered {
+    pub span: tracing::Span,
+    pub status: http::StatusCode,
+    /// Set when `[log] access` is on.
+    pub access: Option<Box<Access>>,
+}
+
 /// The delivery to record when the body ends.
 struct Pending {
     state: Arc<AppState>,
@@ -90,8 +99,7 @@ struct Pending {
     complete: Outcome,
     /// From sending the request to its response headers (for the upstream histogram).
     headers_after: Duration,
-    /// Set when `[log] access` is on.
-    access: Option<Box<Access>>,
+    delivered: Delivered,
     _held: Held,
 }
 
@@ -105,6 +113,7 @@ pub struct Held {
 impl GuardedBody {
     /// Guards `inner`, whose exchange started at `started`; `complete` is the outcome if it
     /// ends normally.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         inner: UpstreamBody,
         state: Arc<AppState>,
@@ -112,7 +121,7 @@ impl GuardedBody {
         complete: Outcome,
         started: Instant,
         held: Held,
-        access: Option<Box<Access>>,
+        delivered: Delivered,
     ) -> Self {
         let config = &state.config.proxy;
         let deadline = started + config.response_timeout;
@@ -132,7 +141,7 @@ impl GuardedBody {
                 endpoint,
                 complete,
                 headers_after: started.elapsed(),
-                access,
+                delivered,
                 _held: held,
             }),
         };
@@ -165,24 +174,29 @@ impl GuardedBody {
         };
         let metrics = &pending.state.metrics;
         metrics.delivery(outcome);
+        telemetry::finished(&pending.delivered.span, outcome, pending.delivered.status);
         metrics.upstream_duration(outcome, pending.headers_after.as_secs_f64());
         let recorded = if outcome == Outcome::Success {
             DeliveryOutcome::Success
         } else {
             DeliveryOutcome::Failed
         };
-        let request_id = pending.access.as_ref().map(|a| a.request_id.as_str());
+        let request_id = pending
+            .delivered
+            .access
+            .as_ref()
+            .map(|a| a.request_id.as_str());
         if !matches!(outcome, Outcome::Success | Outcome::Failed) {
             tracing::warn!(request_id, endpoint = %pending.endpoint.uuid, code = outcome.as_label(), "response cut");
         }
-        if let Some(access) = &pending.access {
+        if let Some(access) = &pending.delivered.access {
             tracing::info!(
                 target: "hooksign::access",
                 request_id = access.request_id.as_str(),
                 message_id = access.message_id.as_ref().map(|id| id.as_str()),
                 endpoint = %pending.endpoint.uuid,
                 scheme = pending.endpoint.scheme.as_str(),
-                status = access.status,
+                status = pending.delivered.status.as_u16(),
                 outcome = outcome.as_label(),
                 bytes = self.bytes,
                 upstream_ms = u64::try_from(pending.headers_after.as_millis()).unwrap_or(u64::MAX),

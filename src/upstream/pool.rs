@@ -377,6 +377,7 @@ impl Upstream {
         origin: &Arc<Origin>,
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        tracing::Span::current().record("hooksign.connection.reused", false);
         let open = origin.open_connection()?;
         let (io, h2) = self.connect(origin).await?;
         if h2 {
@@ -434,10 +435,13 @@ impl Upstream {
             .map_err(|_| UpstreamError::TlsTimeout(timeout))?
             .map_err(UpstreamError::Tls)?;
         let session = tls.get_ref().1;
-        match session.handshake_kind() {
-            Some(rustls::HandshakeKind::Resumed) => self.metrics.tls_resumed.inc(),
-            _ => self.metrics.tls_full.inc(),
+        let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        match resumed {
+            true => self.metrics.tls_resumed.inc(),
+            false => self.metrics.tls_full.inc(),
         }
+        tracing::info!(target: crate::telemetry::TARGET, resumed, "tls");
+        tracing::Span::current().record("tls.resumed", resumed);
         let h2 = session.alpn_protocol() == Some(b"h2");
         Ok((TokioIo::new(Either::Right(tls)), h2))
     }
