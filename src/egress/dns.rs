@@ -9,7 +9,9 @@
 //! through [`super::EgressPolicy::resolve`]'s classification before anything is dialled, and
 //! the policy's own deadline (`RESOLVE_TIMEOUT`) bounds each lookup.
 //!
-//! `/etc/hosts` is read once, when the resolver is built.
+//! `/etc/hosts` is read once, when the resolver is built, and answers as glibc's `files` source
+//! does: a name it lists resolves to its addresses there and nowhere else (hickory alone would
+//! ask the name servers for the family the file does not list, and wait for them).
 
 use std::fmt;
 use std::future::Future;
@@ -23,6 +25,8 @@ use std::time::Duration;
 use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::NetError;
+use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::{Hosts, TokioResolver};
 
 use super::Resolve;
@@ -63,6 +67,8 @@ pub enum DnsError {
 #[derive(Clone)]
 pub struct DnsResolver {
     inner: Arc<TokioResolver>,
+    /// The hosts file, consulted first.
+    hosts: Arc<Hosts>,
 }
 
 impl fmt::Debug for DnsResolver {
@@ -79,7 +85,11 @@ impl DnsResolver {
     /// warning: a sidecar whose deliveries go to IP literals needs no name server.
     pub fn system() -> Result<Self, DnsError> {
         let (config, options) = system_conf();
-        Self::build(config, options, None)
+        let hosts = Hosts::from_system().unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "/etc/hosts unreadable: names go to the name servers");
+            Hosts::default()
+        });
+        Self::build(config, options, hosts)
     }
 
     /// As [`DnsResolver::system`], with the static names read from `hosts` instead of
@@ -97,40 +107,51 @@ impl DnsResolver {
                 path: hosts.to_owned(),
                 source,
             })?;
-        Self::build(config, options, Some(table))
+        Self::build(config, options, table)
     }
 
     fn build(
         config: ResolverConfig,
         mut options: ResolverOpts,
-        hosts: Option<Hosts>,
+        hosts: Hosts,
     ) -> Result<Self, DnsError> {
         options.cache_size = CACHE_ENTRIES;
         options.negative_max_ttl = Some(NEGATIVE_TTL);
         // Both families, IPv6 first: Happy Eyeballs interleaves them (RFC 8305 section 4).
         options.ip_strategy = LookupIpStrategy::Ipv6AndIpv4;
-        options.use_hosts_file = if hosts.is_some() {
-            ResolveHosts::Never
-        } else {
-            ResolveHosts::Always
-        };
-        let mut resolver =
-            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-                .with_options(options)
-                .build()
-                .map_err(DnsError::Build)?;
-        if let Some(hosts) = hosts {
-            resolver.set_hosts(Arc::new(hosts));
-        }
+        // The hosts file is ours to consult (see `lookup`).
+        options.use_hosts_file = ResolveHosts::Never;
+        let resolver = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+            .with_options(options)
+            .build()
+            .map_err(DnsError::Build)?;
         Ok(Self {
             inner: Arc::new(resolver),
+            hosts: Arc::new(hosts),
         })
     }
 
-    /// Every address `host` resolves to (cached; see the module docs).
+    /// Every address `host` resolves to: the hosts file's, else the name servers' (cached; see
+    /// the module docs).
     pub async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Some(listed) = self.listed(host) {
+            return Ok(listed);
+        }
         let answer = self.inner.lookup_ip(host).await.map_err(DnsError::Lookup)?;
         Ok(answer.iter().collect())
+    }
+
+    /// The hosts file's addresses for `host`, IPv6 first; `None` when it does not list it.
+    fn listed(&self, host: &str) -> Option<Vec<IpAddr>> {
+        let name = Name::from_utf8(host).ok()?;
+        let mut addrs = Vec::new();
+        for kind in [RecordType::AAAA, RecordType::A] {
+            let query = Query::query(name.clone(), kind);
+            if let Some(lookup) = self.hosts.lookup_static_host(&query) {
+                addrs.extend(lookup.answers().iter().filter_map(|r| r.data.ip_addr()));
+            }
+        }
+        (!addrs.is_empty()).then_some(addrs)
     }
 }
 
@@ -188,6 +209,19 @@ mod tests {
                 "::1".parse().unwrap()
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_listed_name_never_waits_for_the_name_servers_for_its_other_family() {
+        // Only an IPv4 address listed: the AAAA question must not go to the (unanswering, in a
+        // sandbox) name servers, whose timeout would stall every new connection.
+        let (_file, resolver) = hosts("127.0.0.9 v4only.hooks.test\n");
+        let addrs =
+            tokio::time::timeout(Duration::from_secs(1), resolver.lookup("v4only.hooks.test"))
+                .await
+                .expect("answered from the hosts file alone")
+                .unwrap();
+        assert_eq!(addrs, ["127.0.0.9".parse::<IpAddr>().unwrap()]);
     }
 
     #[tokio::test]
