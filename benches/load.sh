@@ -103,6 +103,7 @@ http {
         listen 127.0.0.1:$UP_PORT ssl;
         ssl_certificate $WORK/leaf.pem;
         ssl_certificate_key $WORK/leaf.key;
+        ssl_protocols TLSv1.3;
         location / {
             add_header X-Seen-Signature \$http_x_storno_signature always;
             return 200 "ok\n";
@@ -146,6 +147,8 @@ http {
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate $WORK/ca.pem;
             proxy_ssl_session_reuse on;
+            # The same protocol as hooksign speaks (nginx 1.22's default stops at TLS 1.2).
+            proxy_ssl_protocols TLSv1.3;
         }
     }
 }

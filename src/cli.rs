@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config, Listen, StoreBackend};
-use crate::egress::SystemResolver;
+use crate::egress::dns::DnsResolver;
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::signing::{self, ed25519, github, standard_webhooks, storno, stripe, MessageId, Scheme};
@@ -514,7 +514,8 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let runtime = runtime(config.server.worker_threads)?;
     let served = runtime.block_on(async move {
         let listeners = Listeners::bind(&config).await?;
-        let state = AppState::build_with(config, Arc::new(SystemResolver), metrics).await?;
+        let resolver = DnsResolver::system().map_err(BuildError::Dns)?;
+        let state = AppState::build_with(config, Arc::new(resolver), metrics).await?;
         // Reloads compare with the file as read, not with the caps fitted to the fd limit.
         state.live.send_replace(Arc::new(as_read));
         // Handlers first, then the ready line: whoever reads it may signal at once.

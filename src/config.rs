@@ -79,6 +79,9 @@ pub struct ProxyConfig {
     pub body_read_timeout: Duration,
     /// `connect_timeout`: each TCP connect attempt to one of the upstream's addresses.
     pub connect_timeout: Duration,
+    /// `happy_eyeballs_delay`: how long a connect attempt to one of the upstream's addresses
+    /// runs alone before the next address (the other family first) is tried beside it.
+    pub happy_eyeballs_delay: Duration,
     /// `tls_handshake_timeout`: the TLS handshake with the upstream, after the TCP connect.
     pub tls_handshake_timeout: Duration,
     /// `response_idle_timeout`: the longest wait between two chunks of an upstream's response
@@ -449,6 +452,7 @@ struct RawProxy {
     header_read_timeout: String,
     body_read_timeout: String,
     connect_timeout: String,
+    happy_eyeballs_delay: String,
     tls_handshake_timeout: String,
     response_idle_timeout: String,
     response_timeout: String,
@@ -477,6 +481,7 @@ impl Default for RawProxy {
             header_read_timeout: "10s".into(),
             body_read_timeout: "30s".into(),
             connect_timeout: "5s".into(),
+            happy_eyeballs_delay: "250ms".into(),
             tls_handshake_timeout: "10s".into(),
             response_idle_timeout: "30s".into(),
             response_timeout: "60s".into(),
@@ -874,6 +879,11 @@ impl RawConfig {
             connect_timeout: duration(
                 "proxy.connect_timeout",
                 &self.proxy.connect_timeout,
+                &mut problem,
+            ),
+            happy_eyeballs_delay: duration(
+                "proxy.happy_eyeballs_delay",
+                &self.proxy.happy_eyeballs_delay,
                 &mut problem,
             ),
             tls_handshake_timeout: duration(

@@ -32,6 +32,12 @@ const UPSTREAM_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Connection phase buckets, a cached lookup to a slow handshake far away (seconds).
+const PHASE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
 /// A circuit's state: the `state` label of `hooksign_circuit_transitions_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CircuitState {
@@ -59,6 +65,21 @@ pub struct UpstreamMetrics {
     pub tls_full: IntCounter,
     /// `hooksign_upstream_tls_handshakes_total{kind="resumed"}`.
     pub tls_resumed: IntCounter,
+    /// `hooksign_upstream_connections_open`: upstream connections open now (busy or idle; an
+    /// HTTP/2 connection counts once).
+    pub open: IntGauge,
+    /// `hooksign_upstream_connections_idle`: idle HTTP/1.1 connections in the pool now.
+    pub idle: IntGauge,
+    /// `hooksign_upstream_requests_total{connection="new"}`: requests that opened a connection.
+    pub on_new: IntCounter,
+    /// `hooksign_upstream_requests_total{connection="reused"}`: requests sent on a pooled one.
+    pub on_reused: IntCounter,
+    /// `hooksign_upstream_connect_phase_seconds{phase="dns"}`: resolving and checking the host.
+    pub phase_dns: Histogram,
+    /// `...{phase="connect"}`: the TCP connect (the whole Happy Eyeballs race).
+    pub phase_connect: Histogram,
+    /// `...{phase="tls"}`: the TLS handshake.
+    pub phase_tls: Histogram,
 }
 
 /// Which bulkhead refused a delivery with 503 `upstream_saturated` (`limit` label).
@@ -227,9 +248,39 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let connections_open = IntGauge::new(
+            "hooksign_upstream_connections_open",
+            "Upstream connections open now, busy or idle (an HTTP/2 connection counts once)",
+        )?;
+        let connections_idle = IntGauge::new(
+            "hooksign_upstream_connections_idle",
+            "Idle upstream HTTP/1.1 connections kept in the pool now",
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "hooksign_upstream_requests_total",
+                "Requests sent upstream, by whether they opened a connection or reused a pooled one",
+            ),
+            &["connection"],
+        )?;
+        let phases = HistogramVec::new(
+            HistogramOpts::new(
+                "hooksign_upstream_connect_phase_seconds",
+                "Time spent opening upstream connections, by phase (dns: resolving and checking the host; connect: TCP, every address's attempt; tls: the handshake)",
+            )
+            .buckets(PHASE_BUCKETS.to_vec()),
+            &["phase"],
+        )?;
         let upstream = UpstreamMetrics {
             tls_full: handshakes.with_label_values(&["full"]),
             tls_resumed: handshakes.with_label_values(&["resumed"]),
+            open: connections_open.clone(),
+            idle: connections_idle.clone(),
+            on_new: requests.with_label_values(&["new"]),
+            on_reused: requests.with_label_values(&["reused"]),
+            phase_dns: phases.with_label_values(&["dns"]),
+            phase_connect: phases.with_label_values(&["connect"]),
+            phase_tls: phases.with_label_values(&["tls"]),
         };
         let bulkhead_vec = IntCounterVec::new(
             Opts::new(
@@ -343,6 +394,10 @@ impl Metrics {
         registry.register(Box::new(circuit_transitions_vec))?;
         registry.register(Box::new(bulkhead_vec))?;
         registry.register(Box::new(handshakes))?;
+        registry.register(Box::new(connections_open))?;
+        registry.register(Box::new(connections_idle))?;
+        registry.register(Box::new(requests))?;
+        registry.register(Box::new(phases))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(last_reload_success.clone()))?;

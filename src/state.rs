@@ -8,7 +8,8 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, StoreBackend};
-use crate::egress::{EgressPolicy, Resolve, SystemResolver};
+use crate::egress::dns::{DnsError, DnsResolver};
+use crate::egress::{EgressPolicy, Resolve};
 use crate::keyring::{Keyring, KeyringError};
 use crate::metrics::{Metrics, ReloadOutcome};
 use crate::proxy_auth::ProxyAuth;
@@ -56,6 +57,8 @@ pub enum BuildError {
     Keyring(#[from] KeyringError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("building the name resolver")]
+    Dns(#[from] DnsError),
     #[error("registering metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("starting the trace pipeline")]
@@ -64,9 +67,10 @@ pub enum BuildError {
 
 impl AppState {
     /// Builds the state for `config`: metrics, the store loaded from its backend, the egress
-    /// guard on the system resolver, the client.
+    /// guard on the system's name servers and hosts file ([`DnsResolver`]), the client.
     pub async fn build(config: Config) -> Result<Arc<Self>, BuildError> {
-        Self::build_with_resolver(config, Arc::new(SystemResolver)).await
+        let resolver = DnsResolver::system()?;
+        Self::build_with_resolver(config, Arc::new(resolver)).await
     }
 
     /// As [`AppState::build`], with the egress guard resolving names through `resolver`.

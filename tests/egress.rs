@@ -466,3 +466,100 @@ async fn redirects_go_back_to_the_application_unfollowed() {
     assert_eq!(upstream.requests().len(), 1);
     assert!(blocked(&server).await.iter().all(|(_, n)| *n == 0));
 }
+
+// === Happy Eyeballs and the resolver ===
+
+/// A listener on `[::1]:port` whose accept queue is full and never drained: a connect to it
+/// gets no answer (its SYN is dropped), like a dead address on the internet. The returned
+/// values must live as long as the address is to stay dead.
+async fn dead_ipv6_address(port: u16) -> (tokio::net::TcpListener, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v6().unwrap();
+    socket
+        .bind((std::net::Ipv6Addr::LOCALHOST, port).into())
+        .expect("[::1] has the upstream's port free");
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    // Fill the queue until a connect stalls (one or two connections on Linux).
+    for _ in 0..8 {
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        match attempt {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(err)) => panic!("filling the accept queue: {err}"),
+            Err(_) => return (listener, fillers),
+        }
+    }
+    panic!("the accept queue of a backlog-0 listener never filled");
+}
+
+#[tokio::test]
+async fn a_dead_ipv6_address_costs_a_fraction_of_a_second_not_the_connect_timeout() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let port = upstream.addr.port();
+    let _dead = dead_ipv6_address(port).await;
+    // The name's first answer is the dead IPv6 address; the upstream listens on IPv4 only.
+    let resolver = Scripted::new(&[&["::1", "127.0.0.1"]]);
+    let endpoint = EndpointSpec::new(upstream.url("/in"));
+    let config = ConfigSpec::new(Some(&pki)).set("proxy", "connect_timeout = \"30s\"");
+    let server = TestServer::start_with_resolver(
+        &config,
+        &store_toml(&[&endpoint]),
+        Some(resolver as Arc<dyn Resolve>),
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let reply = deliver(&server, &endpoint).await;
+    let took = started.elapsed();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    // 250 ms of stagger in principle; anything far below the 30 s connect timeout proves it.
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert_eq!(upstream.connections(), 1);
+
+    // The second delivery reuses the pooled connection; the metrics tell them apart.
+    let reply = deliver(&server, &endpoint).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(upstream.connections(), 1);
+    let new = "hooksign_upstream_requests_total{connection=\"new\"}";
+    let reused = "hooksign_upstream_requests_total{connection=\"reused\"}";
+    assert_eq!(server.metric(new).await, 1.0);
+    assert_eq!(server.metric(reused).await, 1.0);
+    assert_eq!(
+        server.metric("hooksign_upstream_connections_open").await,
+        1.0
+    );
+    assert_eq!(
+        server.metric("hooksign_upstream_connections_idle").await,
+        1.0
+    );
+    for phase in ["dns", "connect", "tls"] {
+        let count = format!("hooksign_upstream_connect_phase_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(server.metric(&count).await, 1.0, "{phase}");
+    }
+}
+
+#[tokio::test]
+async fn names_from_a_hosts_file_resolve_and_every_address_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        "127.0.0.1 loop.hooks.test\n169.254.169.254 metadata.hooks.test\n",
+    )
+    .unwrap();
+    let resolver = hooksign::egress::dns::DnsResolver::with_hosts_file(&hosts).unwrap();
+    let policy = EgressPolicy::new(&egress_config(), Arc::new(resolver));
+    for (text, reason) in [
+        ("https://loop.hooks.test/", "loopback"),
+        ("https://metadata.hooks.test/", "link_local"),
+    ] {
+        let url = parse_endpoint_url(text).unwrap();
+        let denied = policy.check_url(&url).await.unwrap_err();
+        assert_eq!(denied.reason().as_label(), reason, "{text}: {denied}");
+    }
+}

@@ -9,6 +9,11 @@
 //! connect (rebinding) cannot reach a denied address. The hostname is kept for SNI, certificate
 //! verification and `Host` (hyper-rustls and hyper take it from the URI).
 //!
+//! Names are resolved by [`dns::DnsResolver`] (hickory-resolver on the runtime, cached for the
+//! answers' TTLs) and a host's checked addresses are raced Happy Eyeballs style
+//! ([`eyeballs`]), so a dead address costs `[proxy] happy_eyeballs_delay`, not a connect
+//! timeout.
+//!
 //! Invariants:
 //! - IP-literal hosts are classified here too: hyper-util's resolver hook is never called for
 //!   them, so the check lives in the connector, not in a resolver.
@@ -19,6 +24,8 @@
 //! - With `[egress] proxy` set, the checked address is what the tunnel is asked for
 //!   ([`forward`]): a destination the guard refuses never reaches the proxy.
 
+pub mod dns;
+pub mod eyeballs;
 pub mod forward;
 
 use std::error::Error as StdError;
@@ -29,7 +36,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
@@ -105,7 +112,7 @@ pub enum EgressDenied {
     Unresolved { host: String, why: String },
 }
 
-/// Resolves a host name to addresses. The real one is [`SystemResolver`]; tests inject stubs
+/// Resolves a host name to addresses. `serve` uses [`dns::DnsResolver`]; [`SystemResolver`] is getaddrinfo; tests inject stubs
 /// that answer whatever they like (rebinding included).
 pub trait Resolve: Send + Sync + fmt::Debug {
     /// Every address `host` resolves to. `port` is passed for resolvers that want it.
@@ -116,7 +123,9 @@ pub trait Resolve: Send + Sync + fmt::Debug {
     ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>>;
 }
 
-/// The operating system's resolver (`getaddrinfo` via `tokio::net::lookup_host`).
+/// The operating system's resolver (`getaddrinfo` via `tokio::net::lookup_host`, on tokio's
+/// blocking pool, uncached). hooksign serves with [`dns::DnsResolver`]; this one stays for
+/// comparisons and tools.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemResolver;
 
@@ -140,6 +149,18 @@ pub struct EgressPolicy {
 pub struct GuardedConnector {
     policy: Arc<EgressPolicy>,
     connect_timeout: Duration,
+    /// The Happy Eyeballs stagger between two addresses' attempts.
+    attempt_delay: Duration,
+}
+
+/// A connection the [`GuardedConnector`] opened, and how long its phases took.
+#[derive(Debug)]
+pub struct Connected {
+    pub stream: TcpStream,
+    /// Resolving and classifying the host (zero-ish for an IP literal).
+    pub resolved: Duration,
+    /// From the checked addresses to a connected socket (the whole race).
+    pub connected: Duration,
 }
 
 /// Why the [`GuardedConnector`] produced no connection.
@@ -442,12 +463,16 @@ impl EgressPolicy {
         Ok(dial)
     }
 
-    /// Checks `uri` and connects to the first of its checked addresses that answers.
+    /// Checks `uri` and connects to the first of its checked addresses that answers, racing
+    /// them Happy Eyeballs style ([`eyeballs`]): each attempt under `connect_timeout`, the next
+    /// one started `attempt_delay` after the previous (or at once when it fails).
     async fn connect(
         &self,
         uri: &Uri,
         connect_timeout: Duration,
-    ) -> Result<TcpStream, ConnectError> {
+        attempt_delay: Duration,
+    ) -> Result<Connected, ConnectError> {
+        let started = Instant::now();
         let default_port = self
             .check_scheme(uri.scheme_str().unwrap_or_default())
             .map_err(ConnectError::Denied)?;
@@ -465,64 +490,98 @@ impl EgressPolicy {
             .resolve(&host, port)
             .await
             .map_err(ConnectError::Denied)?;
+        let resolved = started.elapsed();
         tracing::info!(target: crate::telemetry::TARGET, addresses = addrs.len() as i64, "dns");
+        let addrs = if addrs.len() > 1 {
+            eyeballs::interleave(&addrs)
+        } else {
+            addrs
+        };
 
-        let mut last = None;
-        for addr in addrs {
-            if let Some(forward) = self
-                .forward
-                .as_ref()
-                .filter(|forward| !forward.goes_direct(&host, addr.ip()))
-            {
-                match forward.tunnel(addr, connect_timeout).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(source) => {
-                        last = Some(ConnectError::Tunnel {
-                            host: text.to_owned(),
-                            port,
-                            source,
-                        });
-                        continue;
-                    }
-                }
-            }
-            match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    tracing::info!(target: crate::telemetry::TARGET, "connect");
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(error = %err, "cannot set TCP_NODELAY upstream");
-                    }
-                    return Ok(stream);
-                }
-                Ok(Err(source)) => {
-                    last = Some(ConnectError::Connect {
-                        host: text.to_owned(),
-                        port,
-                        source,
-                    })
-                }
-                Err(_) => {
-                    last = Some(ConnectError::Timeout {
-                        host: text.to_owned(),
-                        port,
-                        timeout: connect_timeout,
-                    })
-                }
-            }
+        let host = &host;
+        let stream = eyeballs::race(&addrs, attempt_delay, |addr| async move {
+            self.connect_one(host, text, addr, connect_timeout).await
+        })
+        .await
+        .map_err(|last| last.unwrap_or(ConnectError::InvalidTarget))?;
+        Ok(Connected {
+            stream,
+            resolved,
+            connected: started.elapsed().saturating_sub(resolved),
+        })
+    }
+
+    /// One attempt: a tunnel through the forward proxy, or a TCP connect to `addr` (a checked
+    /// address), under `connect_timeout`.
+    async fn connect_one(
+        &self,
+        host: &Host<&str>,
+        text: &str,
+        addr: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<TcpStream, ConnectError> {
+        let port = addr.port();
+        if let Some(forward) = self
+            .forward
+            .as_ref()
+            .filter(|forward| !forward.goes_direct(host, addr.ip()))
+        {
+            return forward
+                .tunnel(addr, connect_timeout)
+                .await
+                .map_err(|source| ConnectError::Tunnel {
+                    host: text.to_owned(),
+                    port,
+                    source,
+                });
         }
-        Err(last.unwrap_or(ConnectError::InvalidTarget))
+        match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                tracing::info!(target: crate::telemetry::TARGET, "connect");
+                if let Err(err) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %err, "cannot set TCP_NODELAY upstream");
+                }
+                Ok(stream)
+            }
+            Ok(Err(source)) => Err(ConnectError::Connect {
+                host: text.to_owned(),
+                port,
+                source,
+            }),
+            Err(_) => Err(ConnectError::Timeout {
+                host: text.to_owned(),
+                port,
+                timeout: connect_timeout,
+            }),
+        }
     }
 }
 
 // === impl GuardedConnector ===
 
 impl GuardedConnector {
-    /// A connector enforcing `policy`, giving each TCP connect `connect_timeout`.
+    /// A connector enforcing `policy`, giving each TCP connect `connect_timeout`, and
+    /// staggering a host's addresses by [`eyeballs::ATTEMPT_DELAY`].
     pub fn new(policy: Arc<EgressPolicy>, connect_timeout: Duration) -> Self {
         Self {
             policy,
             connect_timeout,
+            attempt_delay: eyeballs::ATTEMPT_DELAY,
         }
+    }
+
+    /// Sets the Happy Eyeballs stagger (`[proxy] happy_eyeballs_delay`).
+    pub fn with_attempt_delay(mut self, delay: Duration) -> Self {
+        self.attempt_delay = delay;
+        self
+    }
+
+    /// Resolves, classifies and connects to `uri`'s host (see [`EgressPolicy`]), timing the
+    /// phases.
+    pub async fn connect(&self, uri: &Uri) -> Result<Connected, ConnectError> {
+        self.policy
+            .connect(uri, self.connect_timeout, self.attempt_delay)
+            .await
     }
 }
 
@@ -536,9 +595,8 @@ impl tower_service::Service<Uri> for GuardedConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let policy = Arc::clone(&self.policy);
-        let timeout = self.connect_timeout;
-        Box::pin(async move { policy.connect(&uri, timeout).await.map(TokioIo::new) })
+        let this = self.clone();
+        Box::pin(async move { this.connect(&uri).await.map(|c| TokioIo::new(c.stream)) })
     }
 }
 

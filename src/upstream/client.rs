@@ -55,7 +55,8 @@ pub fn build(
             .tls_session_cache
             .saturating_mul(TLS13_TICKETS_PER_SERVER),
     );
-    let guarded = GuardedConnector::new(policy, proxy.connect_timeout);
+    let guarded = GuardedConnector::new(policy, proxy.connect_timeout)
+        .with_attempt_delay(proxy.happy_eyeballs_delay);
     Ok(Upstream::new(
         guarded,
         tls,

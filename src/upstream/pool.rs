@@ -17,7 +17,10 @@
 //! one; a request that was started is never sent twice.
 //!
 //! Each phase of opening a connection has its own deadline: every TCP connect attempt
-//! (`connect_timeout`, in the egress guard) and the TLS handshake (`tls_handshake_timeout`).
+//! (`connect_timeout`, in the egress guard) and the TLS handshake (`tls_handshake_timeout`),
+//! and each is timed (`hooksign_upstream_connect_phase_seconds{phase}`). The open and idle
+//! connections are gauges that follow the counts the pool keeps anyway, and every request
+//! counts as sent on a new or a reused connection.
 //! Upstream response heads are bounded ([`MAX_UPSTREAM_HEAD_BYTES`]). The proxy bounds the wait
 //! for the response headers and the body.
 
@@ -40,12 +43,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::IntGauge;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
-use tower_service::Service;
 
 use super::body::ChunkBody;
 use super::breaker::{Admission, Breaker, BreakerPolicy, CircuitState};
@@ -163,6 +166,10 @@ struct Shared {
     idle_total: AtomicUsize,
     /// The last idle stamp handed out (stamps order idle connections by release).
     clock: AtomicU64,
+    /// `hooksign_upstream_connections_open`, following every origin's `open`.
+    open_gauge: IntGauge,
+    /// `hooksign_upstream_connections_idle`, following `idle_total`.
+    idle_gauge: IntGauge,
 }
 
 /// One origin's connections.
@@ -247,6 +254,7 @@ impl Upstream {
             cooldown: limits.breaker_cooldown,
             epoch: Instant::now(),
         };
+        let (open_gauge, idle_gauge) = (metrics.open.clone(), metrics.idle.clone());
         Self {
             connector,
             tls: TlsConnector::from(Arc::clone(&tls_config)),
@@ -257,6 +265,8 @@ impl Upstream {
                 breaker,
                 idle_total: AtomicUsize::new(0),
                 clock: AtomicU64::new(EMPTY),
+                open_gauge,
+                idle_gauge,
             }),
             origins: Mutex::new(HashMap::new()),
         }
@@ -329,13 +339,19 @@ impl Upstream {
         if let Some(shared) = origin.shared_h2.load_full() {
             let mut sender = (*shared).clone();
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response.map(UpstreamBody::unpooled)),
+                Ok(response) => {
+                    self.metrics.on_reused.inc();
+                    return Ok(response.map(UpstreamBody::unpooled));
+                }
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => {
                         origin.forget_h2(&shared);
                         request = unsent;
                     }
-                    None => return Err(UpstreamError::Request(err.into_error())),
+                    None => {
+                        self.metrics.on_reused.inc();
+                        return Err(UpstreamError::Request(err.into_error()));
+                    }
                 },
             }
         }
@@ -357,11 +373,17 @@ impl Upstream {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok(UpstreamBody::pooled(response, sender, open)),
+                Ok(response) => {
+                    self.metrics.on_reused.inc();
+                    return Ok(UpstreamBody::pooled(response, sender, open));
+                }
                 // Provably never left: hyper hands the request back only when it wrote nothing.
                 Err(mut err) => match err.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(UpstreamError::Request(err.into_error())),
+                    None => {
+                        self.metrics.on_reused.inc();
+                        return Err(UpstreamError::Request(err.into_error()));
+                    }
                 },
             }
         }
@@ -380,6 +402,7 @@ impl Upstream {
         tracing::Span::current().record("hooksign.connection.reused", false);
         let open = origin.open_connection()?;
         let (io, h2) = self.connect(origin).await?;
+        self.metrics.on_new.inc();
         if h2 {
             let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
@@ -412,13 +435,18 @@ impl Upstream {
     /// TCP through the egress guard, then TLS (for `https`) under its own deadline. Whether
     /// ALPN chose `h2`.
     async fn connect(&self, origin: &Origin) -> Result<(Io, bool), UpstreamError> {
-        let tcp = self
+        let connected = self
             .connector
-            .clone()
-            .call(origin.connect_to.clone())
+            .connect(&origin.connect_to)
             .await
-            .map_err(|err| UpstreamError::Connect(Box::new(err)))?
-            .into_inner();
+            .map_err(|err| UpstreamError::Connect(Box::new(err)))?;
+        self.metrics
+            .phase_dns
+            .observe(connected.resolved.as_secs_f64());
+        self.metrics
+            .phase_connect
+            .observe(connected.connected.as_secs_f64());
+        let tcp = connected.stream;
         if origin.scheme == Scheme::HTTP {
             return Ok((TokioIo::new(Either::Left(tcp)), false));
         }
@@ -430,10 +458,14 @@ impl Upstream {
         })?;
         let timeout = self.shared.limits.tls_handshake_timeout;
         let connector = origin.client_tls.as_ref().unwrap_or(&self.tls);
+        let started = Instant::now();
         let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| UpstreamError::TlsTimeout(timeout))?
             .map_err(UpstreamError::Tls)?;
+        self.metrics
+            .phase_tls
+            .observe(started.elapsed().as_secs_f64());
         let session = tls.get_ref().1;
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         match resumed {
@@ -540,6 +572,7 @@ impl Origin {
                 (now < cap).then_some(now + 1)
             })
             .map_err(|_| UpstreamError::Saturated)?;
+        self.shared.open_gauge.inc();
         Ok(OpenConnection(Arc::clone(self)))
     }
 
@@ -563,7 +596,7 @@ impl Origin {
             }
             let idle = slot.cell.take();
             slot.stamp.store(EMPTY, Ordering::Release);
-            self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+            self.shared.idle_removed();
             if let Some(idle) = idle {
                 return Some(*idle);
             }
@@ -587,8 +620,8 @@ impl Origin {
         if self.idle.is_empty() || max_idle.is_zero() {
             return; // dropped: the connection closes
         }
-        if self.shared.idle_total.fetch_add(1, Ordering::AcqRel) >= limits.max_idle {
-            self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+        if self.shared.idle_added() >= limits.max_idle {
+            self.shared.idle_removed();
             return;
         }
         let stamp = self.shared.clock.fetch_add(1, Ordering::AcqRel) + 1;
@@ -625,12 +658,12 @@ impl Origin {
                 drop(slot.cell.swap(Some(idle)));
                 slot.stamp.store(stamp, Ordering::Release);
                 // One idle connection replaced another: the total is unchanged.
-                self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+                self.shared.idle_removed();
                 return;
             }
         }
         // Every slot was being used by another caller at once: this one closes.
-        self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+        self.shared.idle_removed();
     }
 
     fn forget_h2(&self, closed: &Arc<http2::SendRequest<ChunkBody>>) {
@@ -667,7 +700,7 @@ impl Origin {
                 }
                 _ => {
                     slot.stamp.store(EMPTY, Ordering::Release);
-                    self.shared.idle_total.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.idle_removed();
                 }
             }
         }
@@ -678,6 +711,23 @@ impl Origin {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.shared.open_gauge.dec();
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    /// Counts one more idle connection; the count before.
+    fn idle_added(&self) -> usize {
+        self.idle_gauge.inc();
+        self.idle_total.fetch_add(1, Ordering::AcqRel)
+    }
+
+    /// Counts one idle connection less.
+    fn idle_removed(&self) {
+        self.idle_gauge.dec();
+        self.idle_total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -858,6 +908,8 @@ mod tests {
             limits,
             idle_total: AtomicUsize::new(0),
             clock: AtomicU64::new(EMPTY),
+            open_gauge: IntGauge::new("open", "open").unwrap(),
+            idle_gauge: IntGauge::new("idle", "idle").unwrap(),
         })
     }
 
