@@ -886,3 +886,55 @@ async fn a_config_edit_changes_the_signing_header_and_the_catalog_live() {
         serde_json::json!(["invoice.created"])
     );
 }
+
+#[tokio::test]
+async fn the_request_id_is_echoed_and_on_the_delivery_s_log_lines() {
+    // A port nothing listens on: the delivery fails upstream and logs why.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let endpoint = EndpointSpec::new(format!("https://127.0.0.1:{port}/hook"));
+    let config = ConfigSpec::new(None).set("log", "access = true");
+    let binary = TestBinary::start(&config, &store_toml(&[&endpoint]));
+    let reply = send_to(
+        binary.proxy,
+        &[
+            ("x-webhook-id", &endpoint.uuid),
+            ("x-request-id", "app-req-77"),
+        ],
+        "x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.headers["x-request-id"], "app-req-77");
+    assert_eq!(reply.json()["meta"]["requestId"], "app-req-77");
+    let made = send_to(binary.proxy, &[], "no id").await.unwrap();
+    let id = made.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 24);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = binary.stderr();
+        if log.contains("hooksign::access") && log.contains(&id) || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for needle in [
+        "upstream request failed",
+        "delivery refused",
+        "hooksign::access",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(needle) && l.contains("app-req-77"))
+            .unwrap_or_else(|| panic!("no {needle} line with the request id:\n{log}"));
+        assert!(!line.contains("/hook"), "a path in the log: {line}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("hooksign::access") && l.contains(&id)),
+        "{log}"
+    );
+}

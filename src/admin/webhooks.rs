@@ -644,6 +644,7 @@ pub async fn test(
     let sent = proxy::forward(
         &state,
         endpoint,
+        &proxy::request_id::RequestId::new(),
         Method::POST,
         headers,
         ChunkBody::full(body),

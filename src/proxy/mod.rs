@@ -330,7 +330,16 @@ async fn deliver(
 
     let started = tokio::time::Instant::now();
     let version = parts.version;
-    let sent = forward(state, &endpoint, parts.method, parts.headers, body, signer).await;
+    let sent = forward(
+        state,
+        &endpoint,
+        request_id,
+        parts.method,
+        parts.headers,
+        body,
+        signer,
+    )
+    .await;
     let mut response = match sent {
         Ok(response) => response,
         Err(refused) => {
@@ -341,7 +350,7 @@ async fn deliver(
                 refused.outcome,
                 Outcome::CircuitOpen | Outcome::UpstreamSaturated
             ) {
-                record_delivery(state, &endpoint, DeliveryOutcome::Failed);
+                record_delivery(state, &endpoint, request_id, DeliveryOutcome::Failed);
             }
             return Err(refused);
         }
@@ -359,7 +368,6 @@ async fn deliver(
     let (parts, body) = response.into_parts();
     let access = state.config.log.access.then(|| {
         Box::new(response::Access {
-            request_id: request_id.clone(),
             message_id: access_message_id,
         })
     });
@@ -373,6 +381,7 @@ async fn deliver(
         Delivered {
             span: span.clone(),
             status: parts.status,
+            request_id: request_id.clone(),
             access,
         },
     );
@@ -433,12 +442,14 @@ pub fn completed_outcome(status: http::StatusCode) -> Outcome {
 pub async fn forward(
     state: &AppState,
     endpoint: &Endpoint,
+    request_id: &RequestId,
     method: Method,
     mut headers: HeaderMap,
     body: ChunkBody,
     signer: BodySigner,
 ) -> Result<Response<UpstreamBody>, Refused> {
     let uuid = endpoint.uuid;
+    let rid = request_id.as_str();
     if endpoint.target.scheme_str() == Some("http") && !state.config.egress.allow_http {
         state.metrics.egress_refused(DenyReason::Scheme);
         return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
@@ -475,7 +486,7 @@ pub async fn forward(
     let origin = state.upstream.origin_of(endpoint);
     match origin.admit() {
         Admission::Closed => {}
-        Admission::Probe => circuit_changed(state, &uuid, CircuitState::HalfOpen),
+        Admission::Probe => circuit_changed(state, &uuid, rid, CircuitState::HalfOpen),
         Admission::Reject { retry_after } => {
             telemetry::upstream_failed(&client, Outcome::CircuitOpen);
             let mut refused = state.refuse(Outcome::CircuitOpen, Some(&uuid));
@@ -496,7 +507,14 @@ pub async fn forward(
     let response = match sent {
         Err(_) => {
             telemetry::upstream_failed(&client, Outcome::UpstreamTimeout);
-            exchanged(state, &origin, &uuid, Outcome::UpstreamTimeout, elapsed);
+            exchanged(
+                state,
+                &origin,
+                &uuid,
+                rid,
+                Outcome::UpstreamTimeout,
+                elapsed,
+            );
             return Err(state.refuse(Outcome::UpstreamTimeout, Some(&uuid)));
         }
         Ok(Err(err)) => {
@@ -504,7 +522,7 @@ pub async fn forward(
                 let reason = denied.reason();
                 telemetry::upstream_failed(&client, Outcome::DestinationForbidden);
                 state.metrics.egress_refused(reason);
-                tracing::warn!(endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
+                tracing::warn!(request_id = rid, endpoint = %uuid, reason = reason.as_label(), error = %denied, "destination forbidden by the egress policy");
                 return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
             }
             if matches!(err, UpstreamError::Saturated) {
@@ -513,9 +531,9 @@ pub async fn forward(
             }
             let outcome = classify_upstream_error(&err);
             telemetry::upstream_failed(&client, outcome);
-            tracing::warn!(endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
+            tracing::warn!(request_id = rid, endpoint = %uuid, error = %error_chain(&err), code = outcome.as_label(), "upstream request failed");
             if err.trips_breaker() {
-                exchanged(state, &origin, &uuid, outcome, elapsed);
+                exchanged(state, &origin, &uuid, rid, outcome, elapsed);
             } else {
                 state
                     .metrics
@@ -529,46 +547,60 @@ pub async fn forward(
     if response.status().is_informational() {
         // hyper passes interim 1xx by; a final one is an unrequested `101` (an upgrade is never
         // asked for: `Upgrade` is hop-by-hop and not forwarded).
-        exchanged(state, &origin, &uuid, Outcome::UpstreamProtocol, elapsed);
-        tracing::warn!(endpoint = %uuid, status = response.status().as_u16(), code = Outcome::UpstreamProtocol.as_label(), "upstream answered with an unrequested 1xx");
+        exchanged(
+            state,
+            &origin,
+            &uuid,
+            rid,
+            Outcome::UpstreamProtocol,
+            elapsed,
+        );
+        tracing::warn!(request_id = rid, endpoint = %uuid, status = response.status().as_u16(), code = Outcome::UpstreamProtocol.as_label(), "upstream answered with an unrequested 1xx");
         return Err(state.refuse(Outcome::UpstreamProtocol, Some(&uuid)));
     }
     // Answered: healthy for the breaker. The histogram is fed when the body ends (by the
     // caller), with how the delivery ended.
     if let Some(to) = origin.record(true) {
-        circuit_changed(state, &uuid, to);
+        circuit_changed(state, &uuid, rid, to);
     }
-    tracing::debug!(endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
+    tracing::debug!(request_id = rid, endpoint = %uuid, status = response.status().as_u16(), duration_ms = elapsed.as_millis() as u64, "delivered");
     Ok(response)
 }
 
 /// Accounts for an exchange that failed with `outcome` after `elapsed`, before a usable
 /// response: the upstream histogram, and the origin's breaker (an unrequested 1xx is an answer,
 /// so healthy; a connect, TLS or header timeout failure is not).
-fn exchanged(state: &AppState, origin: &Origin, uuid: &Uuid, outcome: Outcome, elapsed: Duration) {
+fn exchanged(
+    state: &AppState,
+    origin: &Origin,
+    uuid: &Uuid,
+    request_id: &str,
+    outcome: Outcome,
+    elapsed: Duration,
+) {
     state
         .metrics
         .upstream_duration(outcome, elapsed.as_secs_f64());
     let healthy = outcome == Outcome::UpstreamProtocol;
     if let Some(to) = origin.record(healthy) {
-        circuit_changed(state, uuid, to);
+        circuit_changed(state, uuid, request_id, to);
     }
 }
 
 /// Logs and counts an origin's circuit breaker entering `to`: once per change (the breaker's
 /// atomics let exactly one delivery make each change), never once per delivery.
-fn circuit_changed(state: &AppState, uuid: &Uuid, to: CircuitState) {
+fn circuit_changed(state: &AppState, uuid: &Uuid, request_id: &str, to: CircuitState) {
     state.metrics.circuit_transition(to);
     let label = to.as_label();
     match to {
         CircuitState::Open => {
-            tracing::warn!(endpoint = %uuid, state = label, "upstream circuit opened: deliveries to this origin fail fast")
+            tracing::warn!(request_id, endpoint = %uuid, state = label, "upstream circuit opened: deliveries to this origin fail fast")
         }
         CircuitState::HalfOpen => {
-            tracing::info!(endpoint = %uuid, state = label, "upstream circuit half-open: one probe delivery let through")
+            tracing::info!(request_id, endpoint = %uuid, state = label, "upstream circuit half-open: one probe delivery let through")
         }
         CircuitState::Closed => {
-            tracing::info!(endpoint = %uuid, state = label, "upstream circuit closed")
+            tracing::info!(request_id, endpoint = %uuid, state = label, "upstream circuit closed")
         }
     }
 }
@@ -581,6 +613,7 @@ const AUTO_DISABLE_ACTOR: &str = "hooksign:auto_disable_after";
 pub(crate) fn record_delivery(
     state: &Arc<AppState>,
     endpoint: &Endpoint,
+    request_id: &RequestId,
     outcome: DeliveryOutcome,
 ) {
     let failures = endpoint.stats.record(outcome);
@@ -591,7 +624,9 @@ pub(crate) fn record_delivery(
     let state = Arc::clone(state);
     let uuid = endpoint.uuid;
     let company = endpoint.company;
+    let request_id = request_id.clone();
     tokio::spawn(async move {
+        let request_id = request_id.as_str();
         let written = state
             .store
             .update(move |snapshot| {
@@ -609,7 +644,7 @@ pub(crate) fn record_delivery(
             .await;
         match written {
             Ok(_) => {
-                tracing::warn!(endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures");
+                tracing::warn!(request_id, endpoint = %uuid, failures, "endpoint auto-disabled after consecutive failures");
                 // The write is made by hooksign itself, not through a token: audited as such.
                 if let Some(log) = &state.audit {
                     let entry = crate::audit::Entry {
@@ -621,12 +656,12 @@ pub(crate) fn record_delivery(
                         key_name: state.sealer.primary(),
                     };
                     if let Err(err) = log.append(entry).await {
-                        tracing::error!(endpoint = %uuid, error = %error_chain(&err), "auto-disable made but not audited");
+                        tracing::error!(request_id, endpoint = %uuid, error = %error_chain(&err), "auto-disable made but not audited");
                     }
                 }
             }
             Err(err) => {
-                tracing::error!(endpoint = %uuid, error = %err, "could not persist auto_disabled")
+                tracing::error!(request_id, endpoint = %uuid, error = %err, "could not persist auto_disabled")
             }
         }
     });

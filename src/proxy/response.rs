@@ -58,7 +58,6 @@ pub struct GuardedBody {
 /// What the access log line of a delivery says beside the outcome and status (`[log] access`).
 #[derive(Debug)]
 pub struct Access {
-    pub request_id: super::request_id::RequestId,
     pub message_id: Option<crate::signing::MessageId>,
 }
 
@@ -87,6 +86,8 @@ impl Drop for Busy {
 pub struct Delivered {
     pub span: tracing::Span,
     pub status: http::StatusCode,
+    /// The request's id, for its log lines.
+    pub request_id: super::request_id::RequestId,
     /// Set when `[log] access` is on.
     pub access: Option<Box<Access>>,
 }
@@ -181,18 +182,14 @@ impl GuardedBody {
         } else {
             DeliveryOutcome::Failed
         };
-        let request_id = pending
-            .delivered
-            .access
-            .as_ref()
-            .map(|a| a.request_id.as_str());
+        let request_id = pending.delivered.request_id.as_str();
         if !matches!(outcome, Outcome::Success | Outcome::Failed) {
             tracing::warn!(request_id, endpoint = %pending.endpoint.uuid, code = outcome.as_label(), "response cut");
         }
         if let Some(access) = &pending.delivered.access {
             tracing::info!(
                 target: "hooksign::access",
-                request_id = access.request_id.as_str(),
+                request_id,
                 message_id = access.message_id.as_ref().map(|id| id.as_str()),
                 endpoint = %pending.endpoint.uuid,
                 scheme = pending.endpoint.scheme.as_str(),
@@ -203,7 +200,12 @@ impl GuardedBody {
                 "delivery"
             );
         }
-        record_delivery(&pending.state, &pending.endpoint, recorded);
+        record_delivery(
+            &pending.state,
+            &pending.endpoint,
+            &pending.delivered.request_id,
+            recorded,
+        );
     }
 
     fn cut(&mut self, outcome: Outcome) -> Poll<Option<Result<Frame<Bytes>, Cut>>> {
