@@ -499,7 +499,7 @@ fn serve(path: &Path) -> Result<ExitCode, RunError> {
     let metrics = Metrics::new().map_err(BuildError::Metrics)?;
     let traces = telemetry::Pipeline::start(&config.tracing, metrics.trace_spans_dropped.clone())
         .map_err(BuildError::Telemetry)?;
-    crate::init_logging(format, config.log.filter.as_deref(), traces.as_ref());
+    crate::logging::init_logging(format, config.log.filter.as_deref(), traces.as_ref());
     let grace = config.server.shutdown_grace;
     let as_read = config.clone();
     let budget = crate::limits::Budget::derive(crate::limits::raise_nofile_limit(), &config);

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             let message = hooksign::error_chain::error_chain(&err);
             // Not eprintln!: a closed stderr must not turn an error into a panic. In JSON mode
             // the last line is JSON like every other.
-            let line = if hooksign::logs_are_json() {
+            let line = if hooksign::logging::logs_are_json() {
                 serde_json::json!({"level": "ERROR", "message": message, "target": "hooksign"})
                     .to_string()
             } else {

@@ -46,7 +46,7 @@ pub fn reload_config(state: &AppState) {
         tracing::info!(header = %new.signing.header, "signing header reloaded");
     }
     if current.log.filter != new.log.filter {
-        crate::set_log_filter(new.log.filter.as_deref());
+        crate::logging::set_log_filter(new.log.filter.as_deref());
     }
     state.live.send_replace(Arc::new(new));
     state.metrics.config_reload.record(ReloadOutcome::Applied);

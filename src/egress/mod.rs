@@ -491,7 +491,7 @@ impl EgressPolicy {
             .await
             .map_err(ConnectError::Denied)?;
         let resolved = started.elapsed();
-        tracing::info!(target: crate::telemetry::TARGET, addresses = addrs.len() as i64, "dns");
+        tracing::info!(target: crate::trace_names::TARGET, addresses = addrs.len() as i64, "dns");
         let addrs = if addrs.len() > 1 {
             eyeballs::interleave(&addrs)
         } else {
@@ -537,7 +537,7 @@ impl EgressPolicy {
         }
         match tokio::time::timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
-                tracing::info!(target: crate::telemetry::TARGET, "connect");
+                tracing::info!(target: crate::trace_names::TARGET, "connect");
                 if let Err(err) = stream.set_nodelay(true) {
                     tracing::debug!(error = %err, "cannot set TCP_NODELAY upstream");
                 }

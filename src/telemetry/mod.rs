@@ -40,11 +40,7 @@ use crate::config::TracingConfig;
 use crate::outcome::Outcome;
 use crate::store::Endpoint;
 
-/// The `tracing` target of every exported span and span event.
-pub const TARGET: &str = "hooksign::otel";
-
-/// The `tracing` target of the span that gives a delivery's log lines its `trace_id`.
-pub const LOG_TARGET: &str = "hooksign::trace_id";
+pub use crate::trace_names::{LOG_TARGET, TARGET};
 
 /// The W3C trace-context headers.
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");

@@ -472,7 +472,7 @@ impl Upstream {
             true => self.metrics.tls_resumed.inc(),
             false => self.metrics.tls_full.inc(),
         }
-        tracing::info!(target: crate::telemetry::TARGET, resumed, "tls");
+        tracing::info!(target: crate::trace_names::TARGET, resumed, "tls");
         tracing::Span::current().record("tls.resumed", resumed);
         let h2 = session.alpn_protocol() == Some(b"h2");
         Ok((TokioIo::new(Either::Right(tls)), h2))
