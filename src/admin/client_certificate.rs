@@ -40,7 +40,7 @@ pub struct SetClientCertificate {
         (status = 200, description = "The endpoint, with `clientCertificate`", body = WebhookView),
         (status = 400, body = super::webhooks::ErrorEnvelope), (status = 401, body = super::webhooks::ErrorEnvelope),
         (status = 403, body = super::webhooks::ErrorEnvelope), (status = 404, body = super::webhooks::ErrorEnvelope),
-        (status = 409, body = super::webhooks::ErrorEnvelope), (status = 422, body = super::webhooks::ErrorEnvelope),
+        (status = 409, body = super::webhooks::ErrorEnvelope), (status = 408, body = super::webhooks::ErrorEnvelope), (status = 413, body = super::webhooks::ErrorEnvelope), (status = 422, body = super::webhooks::ErrorEnvelope),
         (status = 429, body = super::webhooks::ErrorEnvelope),
     ),
     security(("bearer" = [])))]

@@ -237,7 +237,7 @@ impl WebhookView {
         (status = 201, description = "Created; `secret` in full", body = WebhookView),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope),
-        (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
+        (status = 408, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope), (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -384,7 +384,7 @@ pub async fn get_one(
         (status = 200, body = WebhookView),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 408, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
@@ -491,7 +491,7 @@ pub async fn delete(
         (status = 200, description = "The endpoint with its new secret in full", body = WebhookView),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
         (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
-        (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 408, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
@@ -593,7 +593,7 @@ pub async fn revoke_previous(
     responses(
         (status = 200, body = TestReport),
         (status = 400, body = ErrorEnvelope), (status = 401, body = ErrorEnvelope),
-        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+        (status = 403, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope), (status = 408, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
         (status = 429, body = ErrorEnvelope),
     ),
     security(("bearer" = [])))]
