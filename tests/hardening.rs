@@ -591,6 +591,19 @@ fn kubernetes_config(store: &Path) -> String {
     out
 }
 
+/// `POST /api/v1/webhooks` as ops: an endpoint on a loopback address the test's egress allows.
+async fn create_as_ops(admin: std::net::SocketAddr) -> Reply {
+    api_call(
+        admin,
+        Method::POST,
+        "/api/v1/webhooks",
+        Some(OPS_TOKEN),
+        Some(COMPANY),
+        Some(serde_json::json!({"url": "https://127.0.0.1:9/x", "events": ["*"]})),
+    )
+    .await
+}
+
 fn ops_token_table() -> String {
     use sha2::Digest;
     format!(
@@ -646,15 +659,7 @@ async fn the_kubernetes_recipe_with_its_read_only_store_keeps_records_in_memory(
         + "\n[egress]\nallow_cidrs = [\"127.0.0.1/32\"]\n"
         + &ops_token_table();
     let (mut child, _proxy, admin) = start_binary(dir.path(), &config);
-    let reply = api_call(
-        admin,
-        Method::POST,
-        "/api/v1/webhooks",
-        Some(OPS_TOKEN),
-        Some(COMPANY),
-        Some(serde_json::json!({"url": "https://127.0.0.1:9/x", "events": ["*"]})),
-    )
-    .await;
+    let reply = create_as_ops(admin).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
@@ -688,15 +693,7 @@ async fn a_bind_mounted_store_file_is_detected_and_explained() {
         ops_token_table()
     );
     let (mut child, _proxy, admin) = start_binary(dir.path(), &config);
-    let reply = api_call(
-        admin,
-        Method::POST,
-        "/api/v1/webhooks",
-        Some(OPS_TOKEN),
-        Some(COMPANY),
-        Some(serde_json::json!({"url": "https://127.0.0.1:9/x", "events": ["*"]})),
-    )
-    .await;
+    let reply = create_as_ops(admin).await;
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());

@@ -43,8 +43,9 @@ impl RequestId {
                 .unwrap_or(0x6b73_6f6f_6b68)
         });
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let text = format!("{prefix:016x}{:08x}", n as u32);
-        Self(HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")))
+        // One allocation: the formatted text becomes the header value's buffer as it is.
+        let text = bytes::Bytes::from(format!("{prefix:016x}{:08x}", n as u32));
+        Self(HeaderValue::from_maybe_shared(text).unwrap_or(HeaderValue::from_static("unknown")))
     }
 
     pub fn header(&self) -> &HeaderValue {

@@ -54,32 +54,7 @@ pub fn spawn(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
-    let (changes, mut changed) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => {
-                may_change_content(&event.kind)
-                    && event.paths.iter().any(|p| concerns_store(p, &name))
-            }
-            // An overflowed or failed watch: re-read to be safe.
-            Err(_) => true,
-        };
-        if relevant {
-            // A full channel already holds a pending reload: changes coalesce.
-            let _ = changes.try_send(());
-        }
-    })
-    .map_err(|source| WatchError {
-        dir: dir.display().to_string(),
-        source,
-    })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
-            dir: dir.display().to_string(),
-            source,
-        })?;
+    let (mut watcher, mut changed) = file_changes(&path)?;
     let mut watched = identity(&dir);
     tracing::info!(dir = %dir.display(), "watching the store file for changes");
 
@@ -175,30 +150,7 @@ pub fn spawn_keyring(
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    let name = path.file_name().map(OsStr::to_owned).unwrap_or_default();
-    let (changes, mut changed) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => {
-                may_change_content(&event.kind)
-                    && event.paths.iter().any(|p| concerns_store(p, &name))
-            }
-            Err(_) => true,
-        };
-        if relevant {
-            let _ = changes.try_send(());
-        }
-    })
-    .map_err(|source| WatchError {
-        dir: dir.display().to_string(),
-        source,
-    })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| WatchError {
-            dir: dir.display().to_string(),
-            source,
-        })?;
+    let (watcher, mut changed) = file_changes(&path)?;
     tracing::info!(dir = %dir.display(), "watching the keyring file for changes");
     tokio::spawn(async move {
         let _watcher = watcher;
