@@ -150,18 +150,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let config = &state.config.admin;
+    let timeouts = Arc::new(ArcSwap::from_pointee(admin_timeouts(config)));
     let limits = server::Limits {
         max_connections: config.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
-        header_read_timeout: config.header_read_timeout,
-        body_read_timeout: config.body_read_timeout,
+        timeouts: Arc::clone(&timeouts),
         shutdown_grace: state.config.server.shutdown_grace,
     };
     let tokens = Arc::new(ArcSwap::from_pointee(Tokens::new(
         &state.live.borrow().admin,
     )));
-    tokio::spawn(follow_token_changes(
+    tokio::spawn(follow_config_changes(
         Arc::clone(&state),
         Arc::clone(&tokens),
+        timeouts,
         shutdown.clone(),
     ));
     let router = router(Arc::clone(&state), tokens)
@@ -169,11 +170,20 @@ pub async fn serve(
     server::serve(listener, router, limits, shutdown).await
 }
 
-/// Rebuilds the token table whenever a config reload changes `[[admin.tokens]]` or
-/// `rate_limit_per_minute` (the rate limiters start afresh then).
-async fn follow_token_changes(
+fn admin_timeouts(config: &crate::config::AdminConfig) -> server::Timeouts {
+    server::Timeouts {
+        header_read: config.header_read_timeout,
+        body_read: config.body_read_timeout,
+    }
+}
+
+/// Follows config reloads: rebuilds the token table whenever `[[admin.tokens]]` or
+/// `rate_limit_per_minute` changes (the rate limiters start afresh then), and swaps the header
+/// and body deadlines new connections get.
+async fn follow_config_changes(
     state: Arc<AppState>,
     tokens: Arc<ArcSwap<Tokens>>,
+    timeouts: Arc<ArcSwap<server::Timeouts>>,
     shutdown: CancellationToken,
 ) {
     let mut changes = state.live.subscribe();
@@ -190,6 +200,11 @@ async fn follow_token_changes(
             changed = changes.changed() => if changed.is_err() { return },
         }
         let config = Arc::clone(&changes.borrow_and_update());
+        let deadlines = admin_timeouts(&config.admin);
+        if **timeouts.load() != deadlines {
+            timeouts.store(Arc::new(deadlines));
+            tracing::info!("admin timeouts reloaded");
+        }
         let now = grants(&config);
         if now != current {
             tokens.store(Arc::new(Tokens::new(&config.admin)));

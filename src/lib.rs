@@ -271,7 +271,8 @@ async fn flush_records_periodically(state: Arc<AppState>, shutdown: Cancellation
 /// Starts live reload of the config and the store: the file watches and `SIGHUP`. Call it
 /// before announcing readiness, so no change made after that is missed.
 pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
-    reload::watch_config(Arc::clone(state), shutdown.clone());
+    let reloader = reload::Reloader::new(Arc::clone(state));
+    reload::watch_config(Arc::clone(&reloader), shutdown.clone());
     // The etcd backend follows its own watch (started by `serve`); only a file needs watching.
     if state.config.store.backend == config::StoreBackend::File {
         if let Err(err) = store::watch::spawn(
@@ -295,7 +296,11 @@ pub fn start_reloading(state: &Arc<AppState>, shutdown: &CancellationToken) {
         }
     }
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(Arc::clone(state), shutdown.clone()));
+    tokio::spawn(reload_on_sighup(
+        Arc::clone(state),
+        reloader,
+        shutdown.clone(),
+    ));
 }
 
 fn keyring_reloads(state: &AppState) -> store::watch::KeyringReloads {
@@ -307,7 +312,11 @@ fn keyring_reloads(state: &AppState) -> store::watch::KeyringReloads {
 
 /// Re-reads the store on every `SIGHUP` until `shutdown` fires.
 #[cfg(unix)]
-async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
+async fn reload_on_sighup(
+    state: Arc<AppState>,
+    reloader: Arc<reload::Reloader>,
+    shutdown: CancellationToken,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -322,7 +331,7 @@ async fn reload_on_sighup(state: Arc<AppState>, shutdown: CancellationToken) {
             received = hangups.recv() => if received.is_none() { return },
         }
         tracing::info!("SIGHUP received; reloading the config and the store");
-        reload::reload_config(&state);
+        reloader.reload().await;
         match &state.config.store.keyring {
             Some(keyring) => {
                 store::watch::reload_keyring(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::config::{Config, StoreBackend};
+use crate::config::{Config, ProxyConfig, StoreBackend};
 use crate::egress::dns::{DnsError, DnsResolver};
 use crate::egress::{EgressPolicy, Resolve};
 use crate::keyring::{Keyring, KeyringError};
@@ -26,14 +26,17 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub metrics: Metrics,
-    /// The egress guard: `[egress]` rules and the resolver. The upstream client dials through
-    /// it; the admin API checks endpoint URLs with [`EgressPolicy::check_url`].
-    pub egress: Arc<EgressPolicy>,
+    /// The upstream client. It holds the egress guard in force (`[egress]` rules and the
+    /// resolver, [`Upstream::egress`]): it dials through it, and the admin API checks endpoint
+    /// URLs with it ([`EgressPolicy::check_url`]).
     pub upstream: Upstream,
     /// How secrets are kept at rest (the keyring in service, reloaded in place).
     pub sealer: Sealer,
     /// `[admin] audit_log`, when set.
     pub audit: Option<AuditLog>,
+    /// `[proxy]` as last reloaded: the per-request timeouts and limits are read from here (its
+    /// listener, caps and pool sizes stay as at start, as in [`AppState::config`]).
+    pub proxy_settings: ArcSwap<ProxyConfig>,
     /// `[signing] header`, the storno scheme's header (swapped by a config reload).
     pub signing_header: ArcSwap<http::HeaderName>,
     /// `[[proxy.tokens]]`: who may use the proxy port (swapped by a config reload).
@@ -134,25 +137,25 @@ impl AppState {
                 return Err(err.into());
             }
         };
-        let egress = Arc::new(EgressPolicy::new(&config.egress, resolver));
         let upstream = client::build(
             &config.egress,
             &config.proxy,
-            Arc::clone(&egress),
+            Arc::new(EgressPolicy::new(&config.egress, resolver)),
             metrics.upstream.clone(),
         )?;
         let config_tokens = config.proxy.tokens.clone();
+        let proxy_settings = config.proxy.clone();
         let signing_header = config.signing.header.clone();
         let live = Arc::new(config.clone());
         Ok(Arc::new(Self {
             config,
             store,
             metrics,
-            egress,
             upstream,
             sealer,
             audit,
             proxy_auth: ArcSwap::from_pointee(ProxyAuth::new(&config_tokens)),
+            proxy_settings: ArcSwap::from_pointee(proxy_settings),
             signing_header: ArcSwap::from_pointee(signing_header),
             live: tokio::sync::watch::Sender::new(live),
             draining: std::sync::atomic::AtomicBool::new(false),

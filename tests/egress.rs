@@ -319,7 +319,7 @@ async fn rebinding_after_the_check_never_reaches_the_new_address() {
     .await;
 
     let url = parse_endpoint_url(&endpoint.url).unwrap();
-    assert_eq!(server.state.egress.check_url(&url).await, Ok(()));
+    assert_eq!(server.state.upstream.egress().check_url(&url).await, Ok(()));
     assert_forbidden(&deliver(&server, &endpoint).await);
     assert_eq!(upstream.connections(), 0);
     assert_eq!(resolver.calls(), 2, "the delivery did not resolve again");
@@ -341,7 +341,13 @@ async fn an_answer_mixing_public_and_denied_addresses_is_refused_whole() {
             Some(resolver.clone() as Arc<dyn Resolve>),
         )
         .await;
-        let denied = server.state.egress.check_url(&url).await.unwrap_err();
+        let denied = server
+            .state
+            .upstream
+            .egress()
+            .check_url(&url)
+            .await
+            .unwrap_err();
         assert_eq!(denied.reason(), DenyReason::Loopback, "{answer:?}");
         let message = denied.to_string();
         assert!(

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::Router;
 use bytes::Bytes;
@@ -29,12 +30,19 @@ use tower_service::Service;
 use crate::listen::Listener;
 
 /// How the admin port is served.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub body_read_timeout: Duration,
+    /// The deadlines, read for each new connection (a config reload swaps them).
+    pub timeouts: Arc<ArcSwap<Timeouts>>,
     pub shutdown_grace: Duration,
+}
+
+/// `[admin] header_read_timeout` and `body_read_timeout`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub header_read: Duration,
+    pub body_read: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish for up to
@@ -48,12 +56,6 @@ pub async fn serve(
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut tasks = JoinSet::new();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(crate::proxy::MAX_HEAD_BYTES)
-        .keep_alive(true);
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -70,8 +72,15 @@ pub async fn serve(
                 }
             },
         };
+        let timeouts = **limits.timeouts.load();
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read)
+            .max_buf_size(crate::proxy::MAX_HEAD_BYTES)
+            .keep_alive(true);
         let router = router.clone();
-        let body_timeout = limits.body_read_timeout;
+        let body_timeout = timeouts.body_read;
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let mut router = router.clone();
             let request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));

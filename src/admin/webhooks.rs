@@ -811,11 +811,11 @@ pub(super) fn find_record(
 async fn validate_url(state: &AppState, text: &str) -> Result<Url, AdminError> {
     let url = store::parse_endpoint_url(text)
         .map_err(|why| AdminError::Validation(format!("url: {why}")))?;
-    if url.scheme() == "http" && !state.config.egress.allow_http {
+    let egress = state.upstream.egress();
+    if url.scheme() == "http" && !egress.allows_http() {
         return Err(AdminError::Validation("url: must use https".into()));
     }
-    state
-        .egress
+    egress
         .check_url(&url)
         .await
         .map_err(|denied| AdminError::Validation(format!("url: {denied}")))?;

@@ -348,6 +348,16 @@ impl EgressPolicy {
         }
     }
 
+    /// The policy for `config` (a reloaded `[egress]`), resolving names as this one does.
+    pub fn reconfigured(&self, config: &EgressConfig) -> Self {
+        Self::new(config, Arc::clone(&self.resolver)).with_resolve_timeout(self.resolve_timeout)
+    }
+
+    /// Whether plain `http` destinations are allowed (`allow_http`).
+    pub fn allows_http(&self) -> bool {
+        self.allow_http
+    }
+
     /// The policy for `config` with the system resolver.
     pub fn system(config: &EgressConfig) -> Self {
         Self::new(config, Arc::new(SystemResolver))
@@ -574,6 +584,11 @@ impl GuardedConnector {
     pub fn with_attempt_delay(mut self, delay: Duration) -> Self {
         self.attempt_delay = delay;
         self
+    }
+
+    /// The policy every connection it opens passes.
+    pub fn policy(&self) -> &Arc<EgressPolicy> {
+        &self.policy
     }
 
     /// Resolves, classifies and connects to `uri`'s host (see [`EgressPolicy`]), timing the

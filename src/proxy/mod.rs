@@ -99,13 +99,6 @@ pub async fn serve(
         let state = Arc::clone(&state);
         async move { state.upstream.close_idle_connections().await }
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_header_size(MAX_HEAD_BYTES)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
 
     loop {
         let permit = tokio::select! {
@@ -124,6 +117,14 @@ pub async fn serve(
                 }
             },
         };
+        // `header_read_timeout` as last reloaded, for each new connection.
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(state.proxy_settings.load().header_read_timeout)
+            .max_header_size(MAX_HEAD_BYTES)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .keep_alive(true);
         // The service's calls on this connection: a response written while all are answered
         // and flushed is one of hyper's own, which `Marked` gives hooksign's envelope.
         let calls = Arc::new(conn::Calls::default());
@@ -292,8 +293,11 @@ async fn deliver(
     if endpoint.status != Status::Active {
         return Err(state.refuse(Outcome::WebhookInactive, Some(&uuid)));
     }
-    let busy = Busy::begin(&endpoint, state.config.proxy.max_in_flight_per_endpoint)
-        .ok_or_else(|| state.saturated(Bulkhead::EndpointInFlight, &uuid))?;
+    let busy = Busy::begin(
+        &endpoint,
+        state.proxy_settings.load().max_in_flight_per_endpoint,
+    )
+    .ok_or_else(|| state.saturated(Bulkhead::EndpointInFlight, &uuid))?;
     if let Some(event) = parts.headers.get(&X_WEBHOOK_EVENT) {
         if !endpoint.subscribes_to(event.as_bytes()) {
             return Err(state.refuse(Outcome::EventNotSubscribed, Some(&uuid)));
@@ -314,12 +318,15 @@ async fn deliver(
         .flatten();
     let delivery = Delivery::now(endpoint.scheme, message_id);
 
-    let limit = state.config.proxy.max_body_bytes;
+    let (limit, body_read_timeout) = {
+        let settings = state.proxy_settings.load();
+        (settings.max_body_bytes, settings.body_read_timeout)
+    };
     if declared_length(&parts.headers).is_some_and(|len| len > limit) {
         return Err(state.refuse(Outcome::BodyTooLarge, Some(&uuid)));
     }
     let (body, signer) = tokio::time::timeout(
-        state.config.proxy.body_read_timeout,
+        body_read_timeout,
         read_body(body, limit, endpoint.signer.begin(&delivery)),
     )
     .await
@@ -450,7 +457,7 @@ pub async fn forward(
 ) -> Result<Response<UpstreamBody>, Refused> {
     let uuid = endpoint.uuid;
     let rid = request_id.as_str();
-    if endpoint.target.scheme_str() == Some("http") && !state.config.egress.allow_http {
+    if endpoint.target.scheme_str() == Some("http") && !state.upstream.allows_http() {
         state.metrics.egress_refused(DenyReason::Scheme);
         return Err(state.refuse(Outcome::DestinationForbidden, Some(&uuid)));
     }
@@ -494,9 +501,10 @@ pub async fn forward(
             return Err(refused);
         }
     }
+    let upstream_timeout = state.proxy_settings.load().upstream_timeout;
     let started = Instant::now();
     let sent = tokio::time::timeout(
-        state.config.proxy.upstream_timeout,
+        upstream_timeout,
         state
             .upstream
             .send(&origin, upstream_request)
@@ -617,7 +625,7 @@ pub(crate) fn record_delivery(
     outcome: DeliveryOutcome,
 ) {
     let failures = endpoint.stats.record(outcome);
-    let threshold = u64::from(state.config.proxy.auto_disable_after);
+    let threshold = u64::from(state.proxy_settings.load().auto_disable_after);
     if threshold == 0 || failures != threshold {
         return;
     }

@@ -124,10 +124,14 @@ impl GuardedBody {
         held: Held,
         delivered: Delivered,
     ) -> Self {
-        let config = &state.config.proxy;
-        let deadline = started + config.response_timeout;
-        let idle_timeout = config.response_idle_timeout;
-        let remaining = config.max_response_bytes;
+        let (deadline, idle_timeout, remaining) = {
+            let config = state.proxy_settings.load();
+            (
+                started + config.response_timeout,
+                config.response_idle_timeout,
+                config.max_response_bytes,
+            )
+        };
         let first = (Instant::now() + idle_timeout).min(deadline);
         let mut body = Self {
             inner,

@@ -55,14 +55,18 @@ pub fn build(
             .tls_session_cache
             .saturating_mul(TLS13_TICKETS_PER_SERVER),
     );
-    let guarded = GuardedConnector::new(policy, proxy.connect_timeout)
-        .with_attempt_delay(proxy.happy_eyeballs_delay);
     Ok(Upstream::new(
-        guarded,
+        connector(proxy, policy),
         tls,
         PoolLimits::from_config(proxy),
         metrics,
     ))
+}
+
+/// The egress guard's connector under `proxy`'s connect timeout and Happy Eyeballs stagger.
+pub fn connector(proxy: &ProxyConfig, policy: Arc<EgressPolicy>) -> GuardedConnector {
+    GuardedConnector::new(policy, proxy.connect_timeout)
+        .with_attempt_delay(proxy.happy_eyeballs_delay)
 }
 
 /// How many TLS 1.3 tickets rustls' memory cache keeps per server: its `size` is in tickets.

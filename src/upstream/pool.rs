@@ -23,6 +23,11 @@
 //! counts as sent on a new or a reused connection.
 //! Upstream response heads are bounded ([`MAX_UPSTREAM_HEAD_BYTES`]). The proxy bounds the wait
 //! for the response headers and the body.
+//!
+//! A config reload swaps how new connections are opened (the egress policy, the TLS roots, the
+//! connect and handshake timeouts: [`Upstream::reconfigure`]). When the policy or the roots
+//! change, every connection opened before belongs to a retired generation: closed when found
+//! idle, when it comes back, or by the reaper, never used for another request.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -34,7 +39,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use crossbeam_utils::atomic::AtomicCell;
 use http::uri::{Authority, Parts, PathAndQuery, Scheme};
@@ -44,7 +49,9 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntGauge;
+use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -54,7 +61,7 @@ use super::body::ChunkBody;
 use super::breaker::{Admission, Breaker, BreakerPolicy, CircuitState};
 use crate::client_cert::ClientCertificate;
 use crate::config::ProxyConfig;
-use crate::egress::GuardedConnector;
+use crate::egress::{EgressPolicy, GuardedConnector};
 use crate::metrics::UpstreamMetrics;
 use crate::store::Endpoint;
 
@@ -139,11 +146,9 @@ impl PoolLimits {
 
 /// The pooled upstream client every delivery goes through.
 pub struct Upstream {
-    connector: GuardedConnector,
-    /// The TLS client configuration (roots, ALPN, session cache) every connector is made from.
-    tls_config: Arc<rustls::ClientConfig>,
-    /// The connector of origins without a client certificate.
-    tls: TlsConnector,
+    /// How new connections are opened, swapped whole by a config reload
+    /// ([`Upstream::reconfigure`]).
+    dialer: ArcSwap<Dialer>,
     metrics: UpstreamMetrics,
     shared: Arc<Shared>,
     /// Every origin, by scheme, lowercase host, port (the default port spelled out or not is
@@ -158,9 +163,32 @@ pub struct Upstream {
 /// (a connection that presented one identity never carries another's deliveries).
 type OriginKey = (Scheme, String, u16, Option<[u8; 32]>);
 
+/// How new connections are opened: the egress guard's connector (its policy, each attempt's
+/// connect timeout, the Happy Eyeballs stagger) and the TLS client (roots, ALPN, the session
+/// cache), with the handshake's deadline.
+struct Dialer {
+    /// The generation of the connections it opens (see [`Shared::generation`]).
+    generation: u64,
+    connector: GuardedConnector,
+    /// The TLS client configuration every connector is made from.
+    tls_config: Arc<rustls::ClientConfig>,
+    /// The connector of origins without a client certificate.
+    tls: TlsConnector,
+    tls_handshake_timeout: Duration,
+}
+
 /// What every origin of one pool shares.
 struct Shared {
+    /// The caps as configured at start (they size the idle slots); `idle_timeout` and
+    /// `tls_handshake_timeout` as at start too: the live ones are [`Shared::idle_timeout`] and
+    /// the [`Dialer`]'s.
     limits: PoolLimits,
+    /// `pool_idle_timeout` in force, in nanoseconds (a config reload changes it).
+    idle_timeout: AtomicU64,
+    /// The connections' generation in service. A reload that changes who may be dialled or
+    /// which roots are trusted starts a new one: a connection of an older generation is closed
+    /// when found idle or released, never reused.
+    generation: AtomicU64,
     breaker: BreakerPolicy,
     /// Idle connections over every origin (bounded by `max_idle`).
     idle_total: AtomicUsize,
@@ -182,13 +210,13 @@ pub struct Origin {
     host: HeaderValue,
     /// The TLS server name (the host without IPv6 brackets); `None` when it is not valid.
     server_name: Option<ServerName<'static>>,
-    /// The connector presenting this origin's client certificate; `None`: the pool's own.
-    client_tls: Option<TlsConnector>,
+    /// The client certificate this origin's connections present; `None`: the pool's connector.
+    client_tls: Option<Presenting>,
     idle: Box<[Slot]>,
     /// Open connections (busy or idle, HTTP/2 counted once), for `max_connections_per_origin`.
     open: AtomicUsize,
     /// The HTTP/2 connection every request shares, once the upstream negotiated `h2`.
-    shared_h2: ArcSwapOption<http2::SendRequest<ChunkBody>>,
+    shared_h2: ArcSwapOption<SharedH2>,
     breaker: Breaker,
     shared: Arc<Shared>,
 }
@@ -212,11 +240,29 @@ struct Idle {
     max_idle: Duration,
 }
 
-/// Counts one open connection of an origin until dropped. An HTTP/1.1 connection's mark
-/// travels with its `SendRequest` (dropping one closes the connection, so the count is never
-/// behind when an old idle connection is dropped for a new one); the shared HTTP/2
-/// connection's lives in its task.
-struct OpenConnection(Arc<Origin>);
+/// Counts one open connection of an origin until dropped, and names the generation of the
+/// [`Dialer`] that opened it. An HTTP/1.1 connection's mark travels with its `SendRequest`
+/// (dropping one closes the connection, so the count is never behind when an old idle
+/// connection is dropped for a new one); the shared HTTP/2 connection's lives in its task.
+struct OpenConnection(Arc<Origin>, u64);
+
+/// The shared HTTP/2 connection of an origin, and its generation.
+struct SharedH2 {
+    sender: http2::SendRequest<ChunkBody>,
+    generation: u64,
+}
+
+/// A client certificate an origin's connections present: a connector like the pool's own
+/// (same roots and ALPN) that presents it when the server asks, with a session cache of its
+/// own. A session a server authenticated with one client certificate is never resumed by a
+/// connection of another identity (or of none), which would carry that authentication over.
+struct Presenting {
+    certified: Arc<CertifiedKey>,
+    resumption: Resumption,
+    /// The connector, and the pool's TLS configuration it was made from: made again when a
+    /// reload replaced that (new roots).
+    made: ArcSwap<(Arc<rustls::ClientConfig>, TlsConnector)>,
+}
 
 impl fmt::Debug for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -243,12 +289,12 @@ impl Upstream {
     /// `tls` (ALPN `h2` and `http/1.1` are set here), under `limits`.
     pub fn new(
         connector: GuardedConnector,
-        mut tls: rustls::ClientConfig,
+        tls: rustls::ClientConfig,
         limits: PoolLimits,
         metrics: UpstreamMetrics,
     ) -> Self {
-        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let tls_config = Arc::new(tls);
+        let tls = Arc::new(with_alpn(tls));
+        let dialer = Dialer::new(0, connector, tls, limits.tls_handshake_timeout);
         let breaker = BreakerPolicy {
             failures: limits.breaker_failures,
             cooldown: limits.breaker_cooldown,
@@ -256,11 +302,11 @@ impl Upstream {
         };
         let (open_gauge, idle_gauge) = (metrics.open.clone(), metrics.idle.clone());
         Self {
-            connector,
-            tls: TlsConnector::from(Arc::clone(&tls_config)),
-            tls_config,
+            dialer: ArcSwap::from_pointee(dialer),
             metrics,
             shared: Arc::new(Shared {
+                idle_timeout: AtomicU64::new(nanos(limits.idle_timeout)),
+                generation: AtomicU64::new(0),
                 limits,
                 breaker,
                 idle_total: AtomicUsize::new(0),
@@ -292,22 +338,57 @@ impl Upstream {
         let mut origins = self.origins.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(origins.entry(key).or_insert_with(|| {
             let mut origin = Origin::new(scheme, authority, Arc::clone(&self.shared));
-            origin.client_tls = identity.map(|identity| self.presenting(identity));
+            origin.client_tls =
+                identity.map(|identity| Presenting::new(identity, &self.dialer.load().tls_config));
             Arc::new(origin)
         }))
     }
 
-    /// A connector like the pool's own (same roots and ALPN) that presents `identity` when the
-    /// server asks for a client certificate, with a session cache of its own: a session a
-    /// server authenticated with one client certificate is never resumed by a connection of
-    /// another identity (or of none), which would carry that authentication over.
-    fn presenting(&self, identity: &ClientCertificate) -> TlsConnector {
-        let mut config = (*self.tls_config).clone();
-        config.client_auth_cert_resolver = Arc::new(rustls::sign::SingleCertAndKey::from(
-            Arc::clone(&identity.certified),
-        ));
-        config.resumption = rustls::client::Resumption::in_memory_sessions(IDENTITY_SESSIONS);
-        TlsConnector::from(Arc::new(config))
+    /// Applies a reloaded configuration to the connections opened from now on: they dial
+    /// through `connector` (its egress policy and connect timeouts) and, when `tls` is given,
+    /// trust its roots (the TLS session caches carry over), under `limits`' idle and handshake
+    /// timeouts (its caps stay as at start: they size the pool). With `retire`, every connection
+    /// opened before is closed instead of reused, the idle ones at once and the busy ones when
+    /// they come back: a tightened egress policy or a removed root holds for every delivery
+    /// that follows.
+    pub fn reconfigure(
+        &self,
+        connector: GuardedConnector,
+        tls: Option<rustls::ClientConfig>,
+        limits: &PoolLimits,
+        retire: bool,
+    ) {
+        let old = self.dialer.load_full();
+        let tls = match tls {
+            Some(mut tls) => {
+                tls.resumption = old.tls_config.resumption.clone();
+                Arc::new(with_alpn(tls))
+            }
+            None => Arc::clone(&old.tls_config),
+        };
+        let generation = match retire {
+            true => self.shared.generation.load(Ordering::Acquire) + 1,
+            false => old.generation,
+        };
+        let dialer = Dialer::new(generation, connector, tls, limits.tls_handshake_timeout);
+        self.dialer.store(Arc::new(dialer));
+        self.shared
+            .idle_timeout
+            .store(nanos(limits.idle_timeout), Ordering::Release);
+        if retire {
+            self.shared.generation.store(generation, Ordering::Release);
+            self.drop_stale(Instant::now());
+        }
+    }
+
+    /// The egress policy new connections are checked against.
+    pub fn egress(&self) -> Arc<EgressPolicy> {
+        Arc::clone(self.dialer.load().connector.policy())
+    }
+
+    /// Whether the egress policy in force allows plain `http` destinations.
+    pub fn allows_http(&self) -> bool {
+        self.dialer.load().connector.policy().allows_http()
     }
 
     /// The origin of `endpoint`'s URL, kept in the endpoint's slot on its first delivery: the
@@ -336,8 +417,14 @@ impl Upstream {
         origin: &Arc<Origin>,
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let current = self.shared.generation.load(Ordering::Acquire);
         if let Some(shared) = origin.shared_h2.load_full() {
-            let mut sender = (*shared).clone();
+            if shared.generation != current {
+                origin.forget_h2(&shared);
+            }
+        }
+        if let Some(shared) = origin.shared_h2.load_full() {
+            let mut sender = shared.sender.clone();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     self.metrics.on_reused.inc();
@@ -365,8 +452,9 @@ impl Upstream {
         }) = origin.take_idle()
         {
             // Past its idle timeout the upstream may be closing it right now: a POST sent into
-            // that race cannot be retried. Dropped (closed), as is one closed while idle.
-            if since.elapsed() >= max_idle || sender.is_closed() {
+            // that race cannot be retried. Dropped (closed), as is one closed while idle or
+            // opened under a configuration a reload retired.
+            if since.elapsed() >= max_idle || sender.is_closed() || open.1 != current {
                 continue;
             }
             if sender.ready().await.is_err() {
@@ -400,8 +488,10 @@ impl Upstream {
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         tracing::Span::current().record("hooksign.connection.reused", false);
-        let open = origin.open_connection()?;
-        let (io, h2) = self.connect(origin).await?;
+        let dialer = self.dialer.load_full();
+        let open = origin.open_connection(dialer.generation)?;
+        let generation = open.1;
+        let (io, h2) = self.connect(&dialer, origin).await?;
         self.metrics.on_new.inc();
         if h2 {
             let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
@@ -411,7 +501,10 @@ impl Upstream {
                 .await
                 .map_err(UpstreamError::Handshake)?;
             drive(connection, "HTTP/2", Some(open));
-            origin.shared_h2.store(Some(Arc::new(sender.clone())));
+            origin.shared_h2.store(Some(Arc::new(SharedH2 {
+                sender: sender.clone(),
+                generation,
+            })));
             to_http2_form(&mut request, origin);
             let response = sender
                 .send_request(request)
@@ -434,8 +527,8 @@ impl Upstream {
 
     /// TCP through the egress guard, then TLS (for `https`) under its own deadline. Whether
     /// ALPN chose `h2`.
-    async fn connect(&self, origin: &Origin) -> Result<(Io, bool), UpstreamError> {
-        let connected = self
+    async fn connect(&self, dialer: &Dialer, origin: &Origin) -> Result<(Io, bool), UpstreamError> {
+        let connected = dialer
             .connector
             .connect(&origin.connect_to)
             .await
@@ -456,8 +549,11 @@ impl Upstream {
                 "the host is not a valid TLS server name",
             ))
         })?;
-        let timeout = self.shared.limits.tls_handshake_timeout;
-        let connector = origin.client_tls.as_ref().unwrap_or(&self.tls);
+        let timeout = dialer.tls_handshake_timeout;
+        let connector = match &origin.client_tls {
+            Some(presenting) => presenting.connector(&dialer.tls_config),
+            None => dialer.tls.clone(),
+        };
         let started = Instant::now();
         let tls = tokio::time::timeout(timeout, connector.connect(name, tcp))
             .await
@@ -482,11 +578,9 @@ impl Upstream {
     /// those the upstream closed), and forgets origins that no endpoint holds and that have no
     /// connection left. Runs forever.
     pub async fn close_idle_connections(&self) {
-        let period = (self.shared.limits.idle_timeout / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            let period = (self.shared.idle_timeout() / 3).max(Duration::from_millis(10));
+            tokio::time::sleep(period).await;
             self.drop_stale(Instant::now());
         }
     }
@@ -565,7 +659,7 @@ impl Origin {
     }
 
     /// Counts a connection about to be opened, or refuses at the cap.
-    fn open_connection(self: &Arc<Self>) -> Result<OpenConnection, UpstreamError> {
+    fn open_connection(self: &Arc<Self>, generation: u64) -> Result<OpenConnection, UpstreamError> {
         let cap = self.shared.limits.max_connections_per_origin;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
@@ -573,7 +667,7 @@ impl Origin {
             })
             .map_err(|_| UpstreamError::Saturated)?;
         self.shared.open_gauge.inc();
-        Ok(OpenConnection(Arc::clone(self)))
+        Ok(OpenConnection(Arc::clone(self), generation))
     }
 
     /// Takes the most recently released idle connection.
@@ -611,16 +705,17 @@ impl Origin {
         open: OpenConnection,
         advertised: Option<Duration>,
     ) {
-        let limits = &self.shared.limits;
-        let max_idle = advertised.map_or(limits.idle_timeout, |server| {
+        let idle_timeout = self.shared.idle_timeout();
+        let max_idle = advertised.map_or(idle_timeout, |server| {
             // The server counts from its last write, we from our last read: keep a margin.
             let margin = (server / 2).min(Duration::from_millis(500));
-            limits.idle_timeout.min(server - margin)
+            idle_timeout.min(server - margin)
         });
-        if self.idle.is_empty() || max_idle.is_zero() {
+        let retired = open.1 != self.shared.generation.load(Ordering::Acquire);
+        if self.idle.is_empty() || max_idle.is_zero() || retired {
             return; // dropped: the connection closes
         }
-        if self.shared.idle_added() >= limits.max_idle {
+        if self.shared.idle_added() >= self.shared.limits.max_idle {
             self.shared.idle_removed();
             return;
         }
@@ -666,14 +761,15 @@ impl Origin {
         self.shared.idle_removed();
     }
 
-    fn forget_h2(&self, closed: &Arc<http2::SendRequest<ChunkBody>>) {
+    fn forget_h2(&self, closed: &Arc<SharedH2>) {
         self.shared_h2
-            .compare_and_swap(closed, None::<Arc<http2::SendRequest<ChunkBody>>>);
+            .compare_and_swap(closed, None::<Arc<SharedH2>>);
     }
 
     fn drop_stale(&self, now: Instant) -> usize {
+        let current = self.shared.generation.load(Ordering::Acquire);
         if let Some(shared) = self.shared_h2.load_full() {
-            if shared.is_closed() {
+            if shared.sender.is_closed() || shared.generation != current {
                 self.forget_h2(&shared);
             }
         }
@@ -692,6 +788,7 @@ impl Origin {
             match slot.cell.take() {
                 Some(idle)
                     if !idle.sender.is_closed()
+                        && idle.open.1 == current
                         && now.saturating_duration_since(idle.since) < idle.max_idle =>
                 {
                     slot.cell.store(Some(idle));
@@ -715,9 +812,82 @@ impl Drop for OpenConnection {
     }
 }
 
+// === impl Dialer ===
+
+impl Dialer {
+    fn new(
+        generation: u64,
+        connector: GuardedConnector,
+        tls_config: Arc<rustls::ClientConfig>,
+        tls_handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            generation,
+            connector,
+            tls: TlsConnector::from(Arc::clone(&tls_config)),
+            tls_config,
+            tls_handshake_timeout,
+        }
+    }
+}
+
+/// The pool's TLS configuration offers HTTP/2 and HTTP/1.1.
+fn with_alpn(mut tls: rustls::ClientConfig) -> rustls::ClientConfig {
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tls
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+// === impl Presenting ===
+
+impl Presenting {
+    fn new(identity: &ClientCertificate, base: &Arc<rustls::ClientConfig>) -> Self {
+        let certified = Arc::clone(&identity.certified);
+        let resumption = Resumption::in_memory_sessions(IDENTITY_SESSIONS);
+        let connector = Self::make(&certified, &resumption, base);
+        Self {
+            certified,
+            resumption,
+            made: ArcSwap::from_pointee((Arc::clone(base), connector)),
+        }
+    }
+
+    /// The connector presenting the certificate, made from `base` (the pool's TLS config).
+    fn connector(&self, base: &Arc<rustls::ClientConfig>) -> TlsConnector {
+        let made = self.made.load();
+        if Arc::ptr_eq(&made.0, base) {
+            return made.1.clone();
+        }
+        let connector = Self::make(&self.certified, &self.resumption, base);
+        self.made
+            .store(Arc::new((Arc::clone(base), connector.clone())));
+        connector
+    }
+
+    fn make(
+        certified: &Arc<CertifiedKey>,
+        resumption: &Resumption,
+        base: &rustls::ClientConfig,
+    ) -> TlsConnector {
+        let mut config = base.clone();
+        config.client_auth_cert_resolver =
+            Arc::new(rustls::sign::SingleCertAndKey::from(Arc::clone(certified)));
+        config.resumption = resumption.clone();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
 // === impl Shared ===
 
 impl Shared {
+    /// `pool_idle_timeout` in force.
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.idle_timeout.load(Ordering::Acquire))
+    }
+
     /// Counts one more idle connection; the count before.
     fn idle_added(&self) -> usize {
         self.idle_gauge.inc();
@@ -905,6 +1075,8 @@ mod tests {
                 cooldown: limits.breaker_cooldown,
                 epoch: Instant::now(),
             },
+            idle_timeout: AtomicU64::new(nanos(limits.idle_timeout)),
+            generation: AtomicU64::new(0),
             limits,
             idle_total: AtomicUsize::new(0),
             clock: AtomicU64::new(EMPTY),
@@ -1001,7 +1173,7 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &e), "host names are not case-sensitive");
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(!Arc::ptr_eq(&a, &d));
-        let open = a.open_connection().unwrap();
+        let open = a.open_connection(0).unwrap();
         drop((a, b, c, d, e));
         pool.drop_stale(Instant::now());
         assert_eq!(
@@ -1040,13 +1212,13 @@ mod tests {
     #[test]
     fn open_connections_are_capped_per_origin() {
         let origin = Arc::new(origin("https://example.com/"));
-        let a = origin.open_connection().unwrap();
-        let _b = origin.open_connection().unwrap();
+        let a = origin.open_connection(0).unwrap();
+        let _b = origin.open_connection(0).unwrap();
         assert!(matches!(
-            origin.open_connection(),
+            origin.open_connection(0),
             Err(UpstreamError::Saturated)
         ));
         drop(a);
-        assert!(origin.open_connection().is_ok());
+        assert!(origin.open_connection(0).is_ok());
     }
 }
