@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use support::*;
 
 /// Replaces `path` by rename, as editors and Kubernetes do.
@@ -46,21 +46,6 @@ async fn deliver_until(
 /// The metric line of `count` applied config reloads.
 fn applied(count: u32) -> String {
     format!("hooksign_config_reloads_total{{result=\"success\"}} {count}")
-}
-
-/// Polls `/metrics` until it holds `line` (10 s at most).
-async fn wait_for_metric(admin: std::net::SocketAddr, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = api_call(admin, Method::GET, "/metrics", None, None, None)
-            .await
-            .text();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{line} never appeared:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -211,7 +196,7 @@ async fn proxy_timeouts_apply_to_the_next_delivery_and_caps_are_named_restart_re
 
 #[tokio::test]
 async fn both_ports_header_deadlines_apply_to_new_connections_after_a_reload() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let config = ConfigSpec::new(None);
     let server = TestServer::start(&config, "").await;
     let path = server.dir.path().join("config.toml");
@@ -231,16 +216,9 @@ async fn both_ports_header_deadlines_apply_to_new_connections_after_a_reload() {
             .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
             .await
             .unwrap();
-        let mut buf = [0u8; 1024];
-        let closed = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "{port}: the head was not cut within 5 s");
+        assert!(
+            closed_within(&mut stream, Duration::from_secs(5)).await,
+            "{port}: the head was not cut within 5 s"
+        );
     }
 }

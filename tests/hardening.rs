@@ -173,21 +173,6 @@ async fn idle_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpSt
     open
 }
 
-/// Whether the peer closes `stream` within `limit` (reads until EOF or an error).
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
-    let mut buf = [0u8; 1024];
-    tokio::time::timeout(limit, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 #[tokio::test]
 async fn an_admin_connection_flood_cannot_take_the_proxy_port() {
     let pki = Pki::new();
@@ -779,21 +764,6 @@ async fn a_token_revoked_in_the_config_is_refused_after_sighup_and_a_broken_edit
     wait_for_metric(binary.admin, "hooksign_config_restart_required 1").await;
     let log = binary.stderr();
     assert!(log.contains("apply only after a restart"), "{log}");
-}
-
-/// Polls `/metrics` until it holds `line` (10 s at most); the text.
-async fn wait_for_metric(admin: std::net::SocketAddr, line: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = api_call(admin, Method::GET, "/metrics", None, None, None)
-            .await
-            .text();
-        if text.lines().any(|l| l == line) {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "{line} never appeared:\n{text}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[test]

@@ -1142,3 +1142,36 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Polls `/metrics` until it holds `line` (10 s at most); the text.
+pub async fn wait_for_metric(admin: SocketAddr, line: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = api_call(admin, Method::GET, "/metrics", None, None, None)
+            .await
+            .text();
+        if text.lines().any(|l| l == line) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{line} never appeared:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the peer closes `stream` within `limit` (reads until EOF or an error).
+pub async fn closed_within(stream: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
