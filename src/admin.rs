@@ -188,9 +188,9 @@ async fn follow_config_changes(
 ) {
     let mut changes = state.live.subscribe();
     let grants = |config: &crate::config::Config| {
-        format!(
-            "{:?}{}",
-            config.admin.tokens, config.admin.rate_limit_per_minute
+        (
+            config.admin.tokens.clone(),
+            config.admin.rate_limit_per_minute,
         )
     };
     let mut current = grants(&changes.borrow_and_update());

@@ -20,7 +20,7 @@ use crate::secret::Secret;
 pub const DEFAULT_CONFIG_PATH: &str = "config.toml";
 
 /// A validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file this configuration was read from (relative paths inside it start from its
     /// directory).
@@ -65,7 +65,7 @@ impl Listen {
 }
 
 /// `[proxy]`: the application-facing listener and the delivery path.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProxyConfig {
     pub listen: Listen,
     /// `allow_remote`: the proxy port may listen on an address other hosts can reach.
@@ -118,14 +118,14 @@ pub struct ProxyConfig {
 
 /// One `[[proxy.tokens]]` entry: the application's credential for the proxy port. Only the
 /// SHA-256 of the token is held.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProxyToken {
     pub name: String,
     pub sha256: [u8; 32],
 }
 
 /// `[admin]`: the operator-facing listener.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdminConfig {
     pub listen: Listen,
     /// `max_connections`: open admin connections at most (`None`: derived from the process's
@@ -146,7 +146,7 @@ pub struct AdminConfig {
 }
 
 /// One `[[admin.tokens]]` grant. Only the SHA-256 of the bearer token is held.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AdminToken {
     pub name: String,
     pub sha256: [u8; 32],
@@ -171,7 +171,7 @@ pub enum Companies {
 }
 
 /// `[store]`: where endpoints and secrets live.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
     /// The store file, resolved against the config file's directory.
@@ -193,7 +193,7 @@ pub enum StoreBackend {
 }
 
 /// `[store.etcd]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EtcdConfig {
     /// `http://` or `https://` URLs of etcd members.
     pub endpoints: Vec<String>,
@@ -217,14 +217,14 @@ pub const ETCD_PAGE_SIZE: std::ops::RangeInclusive<u32> = 1..=10_000;
 pub const ETCD_MAX_MESSAGE_BYTES: std::ops::RangeInclusive<usize> = (1 << 20)..=(1 << 30);
 
 /// `[signing]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SigningConfig {
     /// The `storno` scheme's header name.
     pub header: HeaderName,
 }
 
 /// `[egress]`: which destinations deliveries may reach.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EgressConfig {
     pub allow_http: bool,
     pub allow_private: bool,
@@ -239,7 +239,7 @@ pub struct EgressConfig {
 }
 
 /// `[egress] proxy`: the forward proxy, its credentials and the destinations that go direct.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ForwardProxyConfig {
     pub host: String,
     pub port: u16,
@@ -249,7 +249,7 @@ pub struct ForwardProxyConfig {
 }
 
 /// A forward proxy's basic-auth credentials. The password never reaches `Debug`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ProxyCredentials {
     pub user: String,
     pub password: Secret,
@@ -266,14 +266,14 @@ pub enum NoProxy {
 }
 
 /// `[events]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EventsConfig {
     /// The event types endpoints may subscribe to; empty accepts any name.
     pub catalog: Vec<String>,
 }
 
 /// `[server]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// `drain_delay`: after SIGTERM, how long the proxy keeps accepting (with `/readyz` 503)
@@ -283,7 +283,7 @@ pub struct ServerConfig {
 }
 
 /// `[log]`.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// `access`: one log line per delivery (target `hooksign::access`).
@@ -295,7 +295,7 @@ pub struct LogConfig {
 
 /// `[tracing]`: OpenTelemetry traces, exported over OTLP/HTTP (protobuf). Off unless
 /// `otlp_endpoint` is set.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TracingConfig {
     /// `otlp_endpoint`: the collector's base URL (`http://host:port`); spans go to its
     /// `/v1/traces`. `None`: tracing is off.

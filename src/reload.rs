@@ -21,6 +21,8 @@
 //! with again.
 
 use std::sync::{Arc, Mutex, PoisonError};
+#[cfg(test)]
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +97,7 @@ impl Reloader {
             );
             return;
         }
-        if format!("{:?}", current.proxy.tokens) != format!("{:?}", new.proxy.tokens) {
+        if current.proxy.tokens != new.proxy.tokens {
             state
                 .proxy_auth
                 .store(Arc::new(ProxyAuth::new(&new.proxy.tokens)));
@@ -139,7 +141,7 @@ fn apply_upstream(
 ) -> Result<(), ApplyError> {
     let new_roots = ca_digest(&new.egress);
     let tls = client::tls_config(&new.egress)?;
-    let egress_changed = format!("{:?}", current.egress) != format!("{:?}", new.egress);
+    let egress_changed = current.egress != new.egress;
     let roots_changed = new_roots != *roots;
     let settings = live_proxy_settings(&state.proxy_settings.load(), &new.proxy);
     let settings_changed =
@@ -201,16 +203,9 @@ fn live_proxy_settings(running: &ProxyConfig, new: &ProxyConfig) -> ProxyConfig 
 /// The keys of `new` that differ from the config the process started with in what applies
 /// only at start.
 fn restart_required(started: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut differ = |key: &'static str, a: String, b: String| {
-        if a != b {
-            keys.push(key);
-        }
-    };
-    let at_start = |proxy: &ProxyConfig| {
-        format!(
-            "{:?}{}{}{}{}{}{}{}{:?}",
-            proxy.listen,
+    let proxy = |proxy: &ProxyConfig| {
+        (
+            proxy.listen.clone(),
             proxy.allow_remote,
             proxy.max_connections,
             proxy.max_connections_per_origin,
@@ -221,44 +216,33 @@ fn restart_required(started: &Config, new: &Config) -> Vec<&'static str> {
             proxy.breaker_cooldown,
         )
     };
-    differ(
-        "proxy (listen, allow_remote, caps, pool sizes, breaker, tls_session_cache)",
-        at_start(&started.proxy),
-        at_start(&new.proxy),
-    );
     let admin = |config: &Config| {
         let admin = &config.admin;
-        format!(
-            "{:?}{:?}{}{:?}",
-            admin.listen, admin.max_connections, admin.max_body_bytes, admin.audit_log
+        (
+            admin.listen.clone(),
+            admin.max_connections,
+            admin.max_body_bytes,
+            admin.audit_log.clone(),
         )
     };
-    differ(
-        "admin (listen, max_connections, max_body_bytes, audit_log)",
-        admin(started),
-        admin(new),
-    );
-    differ(
-        "store",
-        format!("{:?}", started.store),
-        format!("{:?}", new.store),
-    );
-    differ(
-        "server",
-        format!("{:?}", started.server),
-        format!("{:?}", new.server),
-    );
-    differ(
-        "tracing",
-        format!("{:?}", started.tracing),
-        format!("{:?}", new.tracing),
-    );
-    differ(
-        "log.format, log.access",
-        format!("{:?}{}", started.log.format, started.log.access),
-        format!("{:?}{}", new.log.format, new.log.access),
-    );
-    keys
+    let log = |config: &Config| (config.log.format, config.log.access);
+    [
+        (
+            "proxy (listen, allow_remote, caps, pool sizes, breaker, tls_session_cache)",
+            proxy(&started.proxy) != proxy(&new.proxy),
+        ),
+        (
+            "admin (listen, max_connections, max_body_bytes, audit_log)",
+            admin(started) != admin(new),
+        ),
+        ("store", started.store != new.store),
+        ("server", started.server != new.server),
+        ("tracing", started.tracing != new.tracing),
+        ("log.format, log.access", log(started) != log(new)),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 /// Watches the config file until `shutdown`, reloading on every settled change.
@@ -282,4 +266,58 @@ pub fn watch_config(reloader: Arc<Reloader>, shutdown: CancellationToken) {
             reloader.reload().await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &std::path::Path, extra: &str) -> Config {
+        let text = format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n{extra}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\npath = \"webhooks.toml\"\n"
+        );
+        Config::parse(&text, &dir.join("config.toml")).unwrap()
+    }
+
+    #[test]
+    fn caps_need_a_restart_and_timeouts_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = config(dir.path(), "");
+        let timeouts = config(
+            dir.path(),
+            "upstream_timeout = \"5s\"\nconnect_timeout = \"1s\"\nmax_body_bytes = 1024",
+        );
+        assert!(restart_required(&started, &timeouts).is_empty());
+        let live = live_proxy_settings(&started.proxy, &timeouts.proxy);
+        assert_eq!(live.upstream_timeout, Duration::from_secs(5));
+        assert_eq!(live.max_body_bytes, 1024);
+
+        let caps = config(dir.path(), "max_connections = 100\npool_max_idle = 100");
+        assert_eq!(
+            restart_required(&started, &caps),
+            ["proxy (listen, allow_remote, caps, pool sizes, breaker, tls_session_cache)"]
+        );
+        let live = live_proxy_settings(&started.proxy, &caps.proxy);
+        assert_eq!(live.max_connections, started.proxy.max_connections);
+        assert_eq!(live.pool_max_idle, started.proxy.pool_max_idle);
+    }
+
+    #[test]
+    fn a_rotated_forward_proxy_password_is_an_egress_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = dir.path().join("proxy-credentials");
+        let egress = "[egress]\nproxy = \"http://127.0.0.1:3128\"\n\
+                      proxy_credentials_file = \"proxy-credentials\"";
+        std::fs::write(&credentials, "hooksign:old-password\n").unwrap();
+        let before = config(dir.path(), egress);
+        std::fs::write(&credentials, "hooksign:new-password\n").unwrap();
+        let after = config(dir.path(), egress);
+        // Their Debug forms are equal (the password is redacted): compared by value.
+        assert_eq!(
+            format!("{:?}", before.egress),
+            format!("{:?}", after.egress)
+        );
+        assert_ne!(before.egress, after.egress);
+    }
 }
