@@ -1261,3 +1261,57 @@ async fn client_certificates_and_auto_disables_are_audited() {
     let (code, stdout, stderr) = run_binary(&["audit", "verify", log.to_str().unwrap()], None);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_write_never_leaves_a_change_without_its_audit_line() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let upstream = Upstream::start(&pki, UpstreamOptions::default()).await;
+    let config = ConfigSpec::new(Some(&pki))
+        .with_tokens()
+        .set("admin", "audit_log = \"audit.log\"");
+    let server = TestServer::start(&config, "").await;
+    let body = json!({"url": upstream.url("/hangup"), "events": ["*"]}).to_string();
+    let request = format!(
+        "POST {HOOKS} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {OPS_TOKEN}\r\n\
+         X-Company: {COMPANY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Each client sends a whole create, then closes its side at once or a little later: hyper
+    // drops the handler's future wherever it is, before, during or after the store write.
+    for attempt in 0..20u64 {
+        let mut stream = tokio::net::TcpStream::connect(server.admin).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(attempt * 300)).await;
+        stream.shutdown().await.unwrap();
+        drop(stream);
+    }
+    // Whatever was made is in the store and in the audit log alike, once the writes settle.
+    let log = server.dir.path().join("audit.log");
+    let started = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let listed = server
+            .api(
+                Method::GET,
+                &format!("{HOOKS}?limit=100"),
+                Some(OPS_TOKEN),
+                Some(COMPANY),
+                None,
+            )
+            .await;
+        let endpoints = listed.json()["data"].as_array().unwrap().len();
+        let audited = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains("\"action\":\"create\""))
+            .count();
+        if endpoints == audited {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{endpoints} endpoints were created but {audited} audit lines written"
+        );
+    }
+}

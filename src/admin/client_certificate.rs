@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{AdminError, ApiJson};
-use super::webhooks::{audit, audit_unsynced, find_record, parse_uuid, view_in, WebhookView};
+use super::webhooks::{audited, find_record, parse_uuid, view_in, WebhookView};
 use crate::client_cert::ClientCertificate;
 use crate::config::Permission;
 use crate::secret::Secret;
@@ -56,25 +56,25 @@ pub async fn set(
     let parsed = ClientCertificate::parse(&body.certificate, &body.private_key)
         .map_err(|err| AdminError::Validation(format!("client certificate: {err}")))?;
     let company = caller.company;
-    let written = state
-        .store
-        .update(move |snapshot| {
-            let mut record = find_record(snapshot, uuid, company)?;
-            if !record.url.starts_with("https://") {
-                return Err(AdminError::Validation(
-                    "client certificate: the endpoint's URL must use https".into(),
-                ));
-            }
-            record.client_certificate = Some(body.certificate);
-            record.client_private_key = Some(body.private_key);
-            record.updated_at = Some(now_text());
-            Ok::<_, AdminError>((Edit::put(record), ()))
-        })
-        .await;
     const ACTION: &str = "set_client_certificate";
-    audit_unsynced(&state, &caller, uuid, ACTION, None, &written).await?;
-    let written = written?;
-    audit(&state, &caller, uuid, ACTION, None).await?;
+    let store = state.store.clone();
+    let written = audited(&state, &caller, uuid, ACTION, None, |_| true, async move {
+        store
+            .update(move |snapshot| {
+                let mut record = find_record(snapshot, uuid, company)?;
+                if !record.url.starts_with("https://") {
+                    return Err(AdminError::Validation(
+                        "client certificate: the endpoint's URL must use https".into(),
+                    ));
+                }
+                record.client_certificate = Some(body.certificate);
+                record.client_private_key = Some(body.private_key);
+                record.updated_at = Some(now_text());
+                Ok::<_, AdminError>((Edit::put(record), ()))
+            })
+            .await
+    })
+    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, fingerprint = %parsed.fingerprint_hex(), "client certificate set");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
@@ -98,23 +98,23 @@ pub async fn remove(
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let company = caller.company;
-    let written = state
-        .store
-        .update(move |snapshot| {
-            let mut record = find_record(snapshot, uuid, company)?;
-            if record.client_certificate.is_none() {
-                return Ok::<_, AdminError>((Edit::none(), ()));
-            }
-            record.client_certificate = None;
-            record.client_private_key = None;
-            record.updated_at = Some(now_text());
-            Ok((Edit::put(record), ()))
-        })
-        .await;
     const ACTION: &str = "remove_client_certificate";
-    audit_unsynced(&state, &caller, uuid, ACTION, None, &written).await?;
-    let written = written?;
-    audit(&state, &caller, uuid, ACTION, None).await?;
+    let store = state.store.clone();
+    let written = audited(&state, &caller, uuid, ACTION, None, |_| true, async move {
+        store
+            .update(move |snapshot| {
+                let mut record = find_record(snapshot, uuid, company)?;
+                if record.client_certificate.is_none() {
+                    return Ok::<_, AdminError>((Edit::none(), ()));
+                }
+                record.client_certificate = None;
+                record.client_private_key = None;
+                record.updated_at = Some(now_text());
+                Ok((Edit::put(record), ()))
+            })
+            .await
+    })
+    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "client certificate removed");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }

@@ -298,29 +298,30 @@ pub async fn create(
         client_private_key: None,
     };
     let company = caller.company;
-    let written = state
-        .store
-        .update_keyed(
-            request.scoped(company),
-            move |_| Ok::<_, AdminError>((Edit::put(record), ())),
-            move |next, ()| (201, body_of(&revealed(next, uuid, company))),
-        )
-        .await;
-    audit_unsynced(
+    let store = state.store.clone();
+    let scoped = request.scoped(company);
+    let written = audited(
         &state,
         &caller,
         uuid,
         "create",
         request.key.as_deref(),
-        &written,
+        Keyed::is_fresh,
+        async move {
+            store
+                .update_keyed(
+                    scoped,
+                    move |_| Ok::<_, AdminError>((Edit::put(record), ())),
+                    move |next, ()| (201, body_of(&revealed(next, uuid, company))),
+                )
+                .await
+        },
     )
     .await?;
-    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
     };
-    audit(&state, &caller, uuid, "create", request.key.as_deref()).await?;
     tracing::info!(endpoint = %uuid, company = %caller.company, token = %caller.token_name, "endpoint created");
     let view = view_in(&snapshot, uuid, company, true)?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -410,39 +411,47 @@ pub async fn update(
         .transpose()?;
     let reactivated = body.is_active == Some(true);
     let company = caller.company;
-    let written = state
-        .store
-        .update(move |snapshot| {
-            let mut record = find_record(snapshot, uuid, company)?;
-            if let Some(url) = url {
-                record.url = url.to_string();
-            }
-            if let Some(events) = events {
-                record.events = events;
-            }
-            if let Some(description) = description {
-                record.description = description;
-            }
-            match body.is_active {
-                Some(true) => {
-                    record.status = Status::Active.as_str().to_owned();
-                    record.consecutive_failures = 0;
-                }
-                Some(false) => record.status = Status::Disabled.as_str().to_owned(),
-                None => {}
-            }
-            record.updated_at = Some(now_text());
-            Ok::<_, AdminError>((Edit::put(record), ()))
-        })
-        .await;
-    audit_unsynced(&state, &caller, uuid, "update", None, &written).await?;
-    let written = written?;
+    let store = state.store.clone();
+    let written = audited(
+        &state,
+        &caller,
+        uuid,
+        "update",
+        None,
+        |_| true,
+        async move {
+            store
+                .update(move |snapshot| {
+                    let mut record = find_record(snapshot, uuid, company)?;
+                    if let Some(url) = url {
+                        record.url = url.to_string();
+                    }
+                    if let Some(events) = events {
+                        record.events = events;
+                    }
+                    if let Some(description) = description {
+                        record.description = description;
+                    }
+                    match body.is_active {
+                        Some(true) => {
+                            record.status = Status::Active.as_str().to_owned();
+                            record.consecutive_failures = 0;
+                        }
+                        Some(false) => record.status = Status::Disabled.as_str().to_owned(),
+                        None => {}
+                    }
+                    record.updated_at = Some(now_text());
+                    Ok::<_, AdminError>((Edit::put(record), ()))
+                })
+                .await
+        },
+    )
+    .await?;
     if reactivated {
         if let Some(endpoint) = written.snapshot.get(&uuid) {
             endpoint.stats.reset_failures();
         }
     }
-    audit(&state, &caller, uuid, "update", None).await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint updated");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
@@ -466,16 +475,24 @@ pub async fn delete(
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let company = caller.company;
-    let written = state
-        .store
-        .update(move |snapshot| {
-            find_record(snapshot, uuid, company)?;
-            Ok::<_, AdminError>((Edit::delete(uuid), ()))
-        })
-        .await;
-    audit_unsynced(&state, &caller, uuid, "delete", None, &written).await?;
-    written?;
-    audit(&state, &caller, uuid, "delete", None).await?;
+    let store = state.store.clone();
+    let _written = audited(
+        &state,
+        &caller,
+        uuid,
+        "delete",
+        None,
+        |_| true,
+        async move {
+            store
+                .update(move |snapshot| {
+                    find_record(snapshot, uuid, company)?;
+                    Ok::<_, AdminError>((Edit::delete(uuid), ()))
+                })
+                .await
+        },
+    )
+    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "endpoint deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -507,45 +524,42 @@ pub async fn regenerate_secret(
     let window = Duration::from_secs(body.previous_secret_expires_in);
     let supplied = body.secret;
     let company = caller.company;
-    let written = state
-        .store
-        .update_keyed(
-            request.scoped(company),
-            move |snapshot| {
-                let record = find_record(snapshot, uuid, company)?;
-                let rotated = store::rotate(&record, window, OffsetDateTime::now_utc(), supplied)
-                    .map_err(|err| match err {
-                    RotateError::Random(err) => AdminError::Internal(err.to_string()),
-                    other => AdminError::Validation(other.to_string()),
-                })?;
-                Ok::<_, AdminError>((Edit::put(rotated), ()))
-            },
-            move |next, ()| (200, body_of(&revealed(next, uuid, company))),
-        )
-        .await;
-    audit_unsynced(
+    let store = state.store.clone();
+    let scoped = request.scoped(company);
+    let written = audited(
         &state,
         &caller,
         uuid,
         "regenerate_secret",
         request.key.as_deref(),
-        &written,
+        Keyed::is_fresh,
+        async move {
+            store
+                .update_keyed(
+                    scoped,
+                    move |snapshot| {
+                        let record = find_record(snapshot, uuid, company)?;
+                        let rotated =
+                            store::rotate(&record, window, OffsetDateTime::now_utc(), supplied)
+                                .map_err(|err| match err {
+                                    RotateError::Random(err) => {
+                                        AdminError::Internal(err.to_string())
+                                    }
+                                    other => AdminError::Validation(other.to_string()),
+                                })?;
+                        Ok::<_, AdminError>((Edit::put(rotated), ()))
+                    },
+                    move |next, ()| (200, body_of(&revealed(next, uuid, company))),
+                )
+                .await
+        },
     )
     .await?;
-    let written = written?;
     let snapshot = match written {
         Keyed::Replayed(recorded) => return Ok(replay(&recorded)),
         Keyed::Fresh(written) => written.snapshot,
     };
     state.metrics.secret_rotations.inc();
-    audit(
-        &state,
-        &caller,
-        uuid,
-        "regenerate_secret",
-        request.key.as_deref(),
-    )
-    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "secret regenerated");
     Ok(Json(view_in(&snapshot, uuid, company, true)?).into_response())
 }
@@ -570,17 +584,25 @@ pub async fn revoke_previous(
     caller.require(Permission::Manage)?;
     let uuid = parse_uuid(&uuid)?;
     let company = caller.company;
-    let written = state
-        .store
-        .update(move |snapshot| {
-            let record = find_record(snapshot, uuid, company)?;
-            let revoked = store::revoke_previous(&record, OffsetDateTime::now_utc());
-            Ok::<_, AdminError>((Edit::put(revoked), ()))
-        })
-        .await;
-    audit_unsynced(&state, &caller, uuid, "revoke_previous", None, &written).await?;
-    let written = written?;
-    audit(&state, &caller, uuid, "revoke_previous", None).await?;
+    let store = state.store.clone();
+    let written = audited(
+        &state,
+        &caller,
+        uuid,
+        "revoke_previous",
+        None,
+        |_| true,
+        async move {
+            store
+                .update(move |snapshot| {
+                    let record = find_record(snapshot, uuid, company)?;
+                    let revoked = store::revoke_previous(&record, OffsetDateTime::now_utc());
+                    Ok::<_, AdminError>((Edit::put(revoked), ()))
+                })
+                .await
+        },
+    )
+    .await?;
     tracing::info!(endpoint = %uuid, token = %caller.token_name, "previous secrets revoked");
     Ok(Json(view_in(&written.snapshot, uuid, company, false)?))
 }
@@ -722,44 +744,52 @@ pub async fn events(
 
 // === helpers ===
 
-/// A write that failed with `store_not_durable` was still made (it is in service): audit it
-/// before the error goes out.
-pub(super) async fn audit_unsynced<T>(
-    state: &AppState,
+/// Runs `write` (a store write) and then the audit line of the change it made (when `[admin]
+/// audit_log` is set: durably, before the response goes out), in a task of their own: a client
+/// that goes away mid-request drops only its answer, never the audit line of a write that was
+/// made. A write that failed with `store_not_durable` was still made (it is in service), so it
+/// is audited before the error goes out; `made` tells whether a successful outcome changed the
+/// store (a replayed idempotent answer did not).
+pub(super) async fn audited<T, W>(
+    state: &Arc<AppState>,
     caller: &Caller,
     endpoint: Uuid,
     action: &'static str,
     idempotency_key: Option<&str>,
-    result: &Result<T, AdminError>,
-) -> Result<(), AdminError> {
-    if let Err(AdminError::StoreNotDurable(_)) = result {
-        audit(state, caller, endpoint, action, idempotency_key).await?;
-    }
-    Ok(())
-}
-
-/// Appends the audit line of a write that was made (when `[admin] audit_log` is set), durably,
-/// before the response goes out.
-pub(super) async fn audit(
-    state: &AppState,
-    caller: &Caller,
-    endpoint: Uuid,
-    action: &'static str,
-    idempotency_key: Option<&str>,
-) -> Result<(), AdminError> {
-    let Some(log) = &state.audit else {
-        return Ok(());
-    };
-    log.append(Entry {
-        token: caller.token_name.clone(),
-        company: caller.company.to_string(),
-        endpoint: endpoint.to_string(),
-        action,
-        idempotency_key: idempotency_key.map(str::to_owned),
-        key_name: state.sealer.primary(),
-    })
-    .await
-    .map_err(|err| AdminError::AuditFailed(crate::error_chain::error_chain(&err)))
+    made: fn(&T) -> bool,
+    write: W,
+) -> Result<T, AdminError>
+where
+    T: Send + 'static,
+    W: std::future::Future<Output = Result<T, AdminError>> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    let token = caller.token_name.clone();
+    let company = caller.company.to_string();
+    let idempotency_key = idempotency_key.map(str::to_owned);
+    let task = tokio::spawn(async move {
+        let written = write.await;
+        let changed = match &written {
+            Ok(value) => made(value),
+            Err(AdminError::StoreNotDurable(_)) => true,
+            Err(_) => false,
+        };
+        if let (true, Some(log)) = (changed, &state.audit) {
+            log.append(Entry {
+                token,
+                company,
+                endpoint: endpoint.to_string(),
+                action,
+                idempotency_key,
+                key_name: state.sealer.primary(),
+            })
+            .await
+            .map_err(|err| AdminError::AuditFailed(crate::error_chain::error_chain(&err)))?;
+        }
+        written
+    });
+    task.await
+        .map_err(|err| AdminError::Internal(format!("the write's task failed: {err}")))?
 }
 
 /// `whsec_••••…` (or `whsk_••••…` for a private key): the prefix, never a character of the key.

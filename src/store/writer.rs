@@ -62,6 +62,13 @@ pub enum Keyed<T> {
     Replayed(Arc<Recorded>),
 }
 
+impl<T> Keyed<T> {
+    /// Whether the write was made now (not a replay).
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Self::Fresh(_))
+    }
+}
+
 impl Store {
     /// A store serving `initial`, written through `backend`; starts the writer task (call inside
     /// a tokio runtime).
