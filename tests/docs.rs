@@ -581,6 +581,110 @@ async fn the_verification_page_python_code_verifies_real_deliveries() {
     run_receiver(Path::new(&python), &["receiver.py"], &code, &cases);
 }
 
+/// The Java harness: one case per line, `name \t scheme \t key \t body (base64) \t expect \t
+/// name=value (base64) ...`, inserted before the page's class (the source launcher runs the
+/// first class of the file).
+const JAVA_HARNESS: &str = r#"
+final class Harness {
+    public static void main(String[] args) throws Exception {
+        java.io.BufferedReader in = new java.io.BufferedReader(new java.io.InputStreamReader(System.in));
+        java.util.Base64.Decoder b64 = java.util.Base64.getDecoder();
+        int failed = 0;
+        for (String line; (line = in.readLine()) != null; ) {
+            String[] f = line.split("\t", -1);
+            byte[] body = b64.decode(f[3]);
+            java.util.Map<String, String> headers = new java.util.HashMap<>();
+            for (String pair : f[5].split(" ")) {
+                String[] kv = pair.split("=", 2);
+                headers.put(kv[0], new String(b64.decode(kv[1]), java.nio.charset.StandardCharsets.UTF_8));
+            }
+            boolean got;
+            switch (f[1]) {
+                case "storno": got = WebhookVerifier.verifyStorno(f[2], body, headers::get); break;
+                case "github": got = WebhookVerifier.verifyGithub(f[2], body, headers::get); break;
+                case "stripe": got = WebhookVerifier.verifyStripe(f[2], body, headers::get); break;
+                default: got = WebhookVerifier.verifyStandardWebhooks(f[2], body, headers::get);
+            }
+            boolean ok = got == Boolean.parseBoolean(f[4]);
+            if (!ok) failed++;
+            System.out.println((ok ? "ok " : "FAIL ") + f[0] + " (got " + got + ")");
+        }
+        System.exit(failed == 0 ? 0 : 1);
+    }
+}
+
+"#;
+
+/// The Java class is not run by CI (no JDK there), but wherever `java` is on PATH it must judge
+/// real deliveries right too.
+#[tokio::test]
+async fn the_verification_page_java_code_verifies_real_deliveries_where_java_is_installed() {
+    if Command::new("java").arg("-version").output().is_err() {
+        println!("skipped: java is not on PATH");
+        return;
+    }
+    let text = page("verifying.md");
+    let start = text.find("```java\n").expect("a java block") + "```java\n".len();
+    let code = &text[start..start + text[start..].find("\n```").unwrap() + 1];
+    let class = code.find("public final class").expect("the class");
+    let source = format!("{}{JAVA_HARNESS}{}", &code[..class], &code[class..]);
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let cases: Vec<serde_json::Value> = delivered_cases()
+        .await
+        .into_iter()
+        .filter(|c| c["scheme"] != "standard-webhooks-ed25519")
+        .collect();
+    let lines: String = cases
+        .iter()
+        .map(|c| {
+            let headers: Vec<String> = c["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, value)| format!("{name}={}", encode(value.as_str().unwrap())))
+                .collect();
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                c["name"].as_str().unwrap(),
+                c["scheme"].as_str().unwrap(),
+                c["key"].as_str().unwrap(),
+                c["body"].as_str().unwrap(),
+                c["expect"],
+                headers.join(" ")
+            )
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("Receiver.java");
+    std::fs::write(&script, source).unwrap();
+    let mut child = Command::new("java")
+        .arg(&script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the page's Java code judged hooksign's deliveries wrongly:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        cases.len(),
+        "{stdout}"
+    );
+}
+
 // === links ===
 
 /// mdBook's anchor for a heading: its text without markup, lowercased, spaces to `-`, other
