@@ -418,6 +418,28 @@ impl Config {
     }
 }
 
+/// Every key the config file accepts, section by section, as `(section, keys)`: the nine
+/// sections, then the nested tables (`store.etcd`, `proxy.tokens`, `admin.tokens`) as sections of
+/// their own. Read from the serde field lists of the `Raw*` types, so it cannot differ from what
+/// [`Config::parse`] accepts; the configuration reference's drift test (`tests/docs.rs`) uses it.
+pub fn accepted_keys() -> Vec<(&'static str, &'static [&'static str])> {
+    vec![
+        ("", field_names::<RawConfig>()),
+        ("proxy", field_names::<RawProxy>()),
+        ("proxy.tokens", field_names::<RawProxyToken>()),
+        ("admin", field_names::<RawAdmin>()),
+        ("admin.tokens", field_names::<RawToken>()),
+        ("store", field_names::<RawStore>()),
+        ("store.etcd", field_names::<RawEtcd>()),
+        ("signing", field_names::<RawSigning>()),
+        ("egress", field_names::<RawEgress>()),
+        ("events", field_names::<RawEvents>()),
+        ("server", field_names::<RawServer>()),
+        ("log", field_names::<RawLog>()),
+        ("tracing", field_names::<RawTracing>()),
+    ]
+}
+
 /// The config path: the flag, else `$HOOKSIGN_CONFIG`, else `./config.toml` (clap fills the
 /// environment variable in).
 pub fn resolve_path(flag: Option<PathBuf>) -> PathBuf {
@@ -693,6 +715,42 @@ impl Default for RawTracing {
             max_queue_size: 4096,
             propagate_to_customers: false,
         }
+    }
+}
+
+// === the accepted keys ===
+
+/// The field names serde's derive hands `deserialize_struct` for `T`: a deserializer that
+/// records them and then refuses, so nothing is built.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _refused = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only field names are read"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("only field names are read"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
     }
 }
 
