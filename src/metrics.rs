@@ -5,7 +5,7 @@
 //! resolved to their label once, here, so a request only does atomic adds.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -152,6 +152,9 @@ pub struct Metrics {
     /// `hooksign_config_restart_required`: 1 while the config file holds a change to a key that
     /// applies only at start (listeners, store backend, worker threads…).
     pub config_restart_required: IntGauge,
+    /// `hooksign_shutdown_grace_seconds`: `[server] shutdown_grace`, for the alert on
+    /// deliveries slower than a drain allows.
+    pub shutdown_grace: Gauge,
     store_endpoints: IntGauge,
     pub secret_rotations: IntCounter,
     /// `hooksign_trace_spans_dropped_total`: sampled spans the collector never got (the export
@@ -340,6 +343,10 @@ impl Metrics {
             "hooksign_config_restart_required",
             "1 while the config file holds a change that applies only after a restart",
         )?;
+        let shutdown_grace = Gauge::new(
+            "hooksign_shutdown_grace_seconds",
+            "[server] shutdown_grace: how long in-flight deliveries may run once the proxy stops accepting",
+        )?;
         let store_endpoints = IntGauge::new(
             "hooksign_store_endpoints",
             "Endpoints in the snapshot in service",
@@ -406,6 +413,7 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_success.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
+        registry.register(Box::new(shutdown_grace.clone()))?;
         registry.register(Box::new(store_endpoints.clone()))?;
         registry.register(Box::new(secret_rotations.clone()))?;
         registry.register(Box::new(trace_spans_dropped.clone()))?;
@@ -434,6 +442,7 @@ impl Metrics {
                 last_success: config_last_success,
             },
             config_restart_required,
+            shutdown_grace,
             keyring_reload: ReloadMetrics {
                 applied: keyring_reloads.with_label_values(&["success"]),
                 rejected: keyring_reloads.with_label_values(&["error"]),

@@ -91,6 +91,9 @@ impl AppState {
         resolver: Arc<dyn Resolve>,
         metrics: Metrics,
     ) -> Result<Arc<Self>, BuildError> {
+        metrics
+            .shutdown_grace
+            .set(config.server.shutdown_grace.as_secs_f64());
         let sealer = sealer_for(&config)?;
         let audit = match &config.admin.audit_log {
             Some(path) => Some(AuditLog::open(path)?),
