@@ -30,6 +30,7 @@
 #![deny(rust_2018_idioms)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod accept;
 pub mod admin;
 pub mod audit;
 pub mod cli;

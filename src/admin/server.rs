@@ -1,6 +1,7 @@
-//! Serving the admin port the way the proxy port is served: a cap on open connections, a
-//! deadline for each request head and for each request body, so that nobody (no token needed)
-//! can hold the descriptors or memory the proxy port needs.
+//! Serving the admin port the way the proxy port is served (the same accept loop,
+//! [`crate::accept`]): a cap on open connections, a deadline for each request head and for each
+//! request body, so that nobody (no token needed) can hold the descriptors or memory the proxy
+//! port needs.
 //!
 //! The body limit (`[admin] max_body_bytes`) is applied by the router's extractors, which run
 //! after authentication and the permission check ([`super::auth::Caller`]).
@@ -20,9 +21,6 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
@@ -53,25 +51,12 @@ pub async fn serve(
     limits: Limits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
-    let mut tasks = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("the connection semaphore is never closed"),
-        };
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let accepting = crate::accept::Accepting {
+        port: "admin",
+        max_connections: limits.max_connections,
+        grace: limits.shutdown_grace,
+    };
+    crate::accept::serve(listener, accepting, shutdown, |stream| {
         let timeouts = **limits.timeouts.load();
         let mut builder = http1::Builder::new();
         builder
@@ -86,24 +71,9 @@ pub async fn serve(
             let request = request.map(|body| Body::new(Deadline::new(body, body_timeout)));
             async move { router.call(request).await }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tasks.spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "admin connection ended with an error");
-            }
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(limits.shutdown_grace) => {
-            tasks.abort_all();
-            tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace elapsed; cut open admin connections");
-        }
-    }
-    Ok(())
+        builder.serve_connection(TokioIo::new(stream), service)
+    })
+    .await
 }
 
 /// A request body that must end within its deadline (from when the request head arrived).

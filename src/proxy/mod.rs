@@ -30,9 +30,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
@@ -46,6 +43,7 @@ use request_id::RequestId;
 use response::Busy;
 pub use response::{Delivered, GuardedBody};
 
+use crate::accept;
 use crate::egress::forward::TunnelFailure;
 use crate::egress::{self, DenyReason};
 use crate::error_chain::error_chain;
@@ -89,34 +87,16 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let config = &state.config.proxy;
-    let connections = Arc::new(Semaphore::new(config.max_connections));
-    let graceful = GracefulShutdown::new();
-    // Every connection's task, aborted (its connection dropped) when the grace is over. A set
-    // rather than a cancellation token each task would poll: nothing extra runs per request.
-    let mut tasks = JoinSet::new();
     let reaper = tokio::spawn({
         let state = Arc::clone(&state);
         async move { state.upstream.close_idle_connections().await }
     });
-
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&connections).acquire_owned() => permit.expect("the connection semaphore is never closed"),
-        };
-        let stream = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(stream) => stream,
-                Err(err) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %err, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let accepting = accept::Accepting {
+        port: "proxy",
+        max_connections: state.config.proxy.max_connections,
+        grace: state.config.server.shutdown_grace,
+    };
+    let served = accept::serve(listener, accepting, shutdown, |stream| {
         // `header_read_timeout` as last reloaded, for each new connection.
         let mut builder = http1::Builder::new();
         builder
@@ -138,31 +118,11 @@ pub async fn serve(
                 Ok::<_, Infallible>(response.map(|body| answering.guard(body)))
             }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-        tasks.spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "proxy connection ended with an error");
-            }
-            drop(permit);
-        });
-        // Forget the tasks that have ended (no waiting).
-        while tasks.try_join_next().is_some() {}
-    }
-    drop(listener);
-
-    let grace = state.config.server.shutdown_grace;
-    let open = config.max_connections - connections.available_permits();
-    tracing::info!(open, grace = ?grace, "proxy stopped accepting; draining");
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("proxy drained"),
-        () = tokio::time::sleep(grace) => {
-            let remaining = config.max_connections - connections.available_permits();
-            tasks.abort_all();
-            tracing::warn!(cut = remaining, grace = ?grace, "shutdown grace elapsed; cut {remaining} proxy connection(s) still open");
-        }
-    }
+        builder.serve_connection(TokioIo::new(stream), service)
+    })
+    .await;
     reaper.abort();
-    Ok(())
+    served
 }
 
 /// A request hooksign answered itself, already counted: why, and for which endpoint when the
