@@ -22,7 +22,8 @@
 //! - [`outcome`]: how a delivery ended (metric label, status and error code).
 //! - [`logging`]: the log output and its live filter; [`trace_names`]: the trace targets.
 //! - [`reload`]: config reload.
-//! - [`listen`]: the ports' sockets (TCP or Unix); [`limits`]: the file descriptors shared out;
+//! - [`accept`]: the accept loop and drain both ports share; [`listen`]: the ports' sockets (TCP or
+//!   Unix); [`limits`]: the file descriptors shared out;
 //!   [`proxy_auth`]: the proxy port's tokens; [`toml_error`]: TOML problems told without values.
 //! - [`cli`]: the command line (`serve`, `check`, `token`, `sign`, `verify`, `healthcheck`).
 
