@@ -3,8 +3,9 @@
 //! against the keys serde reads ([`hooksign::config::accepted_keys`]), the admin API page against
 //! the served OpenAPI document, the operations page and `deploy/alerts.yaml` against a real
 //! `/metrics` scrape, the error tables against every code the proxy and admin port return. The
-//! customers' verification page runs its own Node and Python blocks against real deliveries, and
-//! every relative link and `#anchor` in `docs/src` and the README must resolve.
+//! customers' verification page runs its own Node and Python blocks against real deliveries (and
+//! its Go, Ruby, PHP and Java code wherever those tools are installed), and every relative link
+//! and `#anchor` in `docs/src` and the README must resolve.
 
 mod support;
 
@@ -483,15 +484,16 @@ async fn delivered_cases() -> Vec<serde_json::Value> {
     cases
 }
 
-/// Runs `program` with the page's code and `harness` appended, the cases on stdin; every case
-/// must print `ok`.
-fn run_receiver(program: &Path, args: &[&str], code: &str, cases: &[serde_json::Value]) {
+/// Runs `program args` in a fresh directory holding `files`, with `input` on stdin; each of the
+/// `cases` cases must print a line starting `ok `.
+fn run_receiver(program: &Path, args: &[&str], files: &[(&str, &str)], input: &str, cases: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join(args.last().unwrap());
-    std::fs::write(&script, code).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
     let mut child = Command::new(program)
-        .args(&args[..args.len() - 1])
-        .arg(&script)
+        .args(args)
+        .current_dir(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -501,25 +503,88 @@ fn run_receiver(program: &Path, args: &[&str], code: &str, cases: &[serde_json::
         .stdin
         .take()
         .unwrap()
-        .write_all(
-            serde_json::Value::Array(cases.to_vec())
-                .to_string()
-                .as_bytes(),
-        )
+        .write_all(input.as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(
         output.status.success(),
-        "the page's code judged hooksign's deliveries wrongly:\n{stdout}\n{}",
+        "the page's {} code judged hooksign's deliveries wrongly:\n{stdout}\n{}",
+        program.display(),
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok ")).count(),
-        cases.len(),
+        cases,
         "{stdout}"
     );
+}
+
+/// The cases as one JSON array, for the harnesses that parse JSON (Node, Python).
+fn case_json(cases: &[serde_json::Value]) -> String {
+    serde_json::Value::Array(cases.to_vec()).to_string()
+}
+
+/// The cases as lines, for the harnesses that read no JSON (Java, Go, Ruby, PHP); the one home of
+/// the format. One case per line, tab-separated: `name`, `scheme`, `key`, the body in base64,
+/// `true` or `false` (must it verify?), then the headers as space-separated `name=value` pairs,
+/// the name lowercase and the value in base64.
+fn case_lines(cases: &[serde_json::Value]) -> String {
+    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    cases
+        .iter()
+        .map(|c| {
+            let headers: Vec<String> = c["headers"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(name, value)| format!("{name}={}", encode(value.as_str().unwrap())))
+                .collect();
+            format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                c["name"].as_str().unwrap(),
+                c["scheme"].as_str().unwrap(),
+                c["key"].as_str().unwrap(),
+                c["body"].as_str().unwrap(),
+                c["expect"].as_bool().unwrap(),
+                headers.join(" ")
+            )
+        })
+        .collect()
+}
+
+/// [`delivered_cases`] but the Ed25519 ones: the page gives Ed25519 code only for Node and
+/// Python, and a prose pointer for the other languages.
+async fn hmac_cases() -> Vec<serde_json::Value> {
+    let cases: Vec<serde_json::Value> = delivered_cases()
+        .await
+        .into_iter()
+        .filter(|c| c["scheme"] != Scheme::StandardWebhooksEd25519.as_str())
+        .collect();
+    assert!(cases.len() >= 12, "{cases:?}");
+    cases
+}
+
+/// The first fenced block of `text` opened with ```` ```{language} ````, up to its closing fence.
+fn fenced_block<'a>(text: &'a str, language: &str) -> &'a str {
+    let open = format!("```{language}\n");
+    let start = text
+        .find(&open)
+        .unwrap_or_else(|| panic!("no {language} block"))
+        + open.len();
+    let end = text[start..].find("\n```").expect("the block ends");
+    &text[start..=start + end]
+}
+
+/// The tools that run the page's Java, Go, Ruby and PHP code are not installed by CI: where one
+/// is not on PATH, its test is skipped with a line saying so (even under CI).
+fn skip_unless_on_path(tool: &str) -> bool {
+    if on_path(tool) {
+        return false;
+    }
+    println!("skipped: {tool} is not on PATH");
+    true
 }
 
 const NODE_HARNESS: &str = r#"
@@ -567,7 +632,14 @@ async fn the_verification_page_node_code_verifies_real_deliveries() {
     }
     let code = verified_blocks(&page("verifying.md"), "node") + NODE_HARNESS;
     let cases = delivered_cases().await;
-    run_receiver(Path::new(&node), &["receiver.js"], &code, &cases);
+    let files = [("receiver.js", code.as_str())];
+    run_receiver(
+        Path::new(&node),
+        &["receiver.js"],
+        &files,
+        &case_json(&cases),
+        cases.len(),
+    );
 }
 
 #[tokio::test]
@@ -578,12 +650,18 @@ async fn the_verification_page_python_code_verifies_real_deliveries() {
     };
     let code = verified_blocks(&page("verifying.md"), "python") + PYTHON_HARNESS;
     let cases = delivered_cases().await;
-    run_receiver(Path::new(&python), &["receiver.py"], &code, &cases);
+    let files = [("receiver.py", code.as_str())];
+    run_receiver(
+        Path::new(&python),
+        &["receiver.py"],
+        &files,
+        &case_json(&cases),
+        cases.len(),
+    );
 }
 
-/// The Java harness: one case per line, `name \t scheme \t key \t body (base64) \t expect \t
-/// name=value (base64) ...`, inserted before the page's class (the source launcher runs the
-/// first class of the file).
+/// The Java harness reads [`case_lines`]; it goes before the page's class (the source launcher
+/// runs the first class of the file).
 const JAVA_HARNESS: &str = r#"
 final class Harness {
     public static void main(String[] args) throws Exception {
@@ -603,7 +681,8 @@ final class Harness {
                 case "storno": got = WebhookVerifier.verifyStorno(f[2], body, headers::get); break;
                 case "github": got = WebhookVerifier.verifyGithub(f[2], body, headers::get); break;
                 case "stripe": got = WebhookVerifier.verifyStripe(f[2], body, headers::get); break;
-                default: got = WebhookVerifier.verifyStandardWebhooks(f[2], body, headers::get);
+                case "standard-webhooks": got = WebhookVerifier.verifyStandardWebhooks(f[2], body, headers::get); break;
+                default: throw new IllegalArgumentException(f[1]);
             }
             boolean ok = got == Boolean.parseBoolean(f[4]);
             if (!ok) failed++;
@@ -619,69 +698,198 @@ final class Harness {
 /// real deliveries right too.
 #[tokio::test]
 async fn the_verification_page_java_code_verifies_real_deliveries_where_java_is_installed() {
-    if Command::new("java").arg("-version").output().is_err() {
-        println!("skipped: java is not on PATH");
+    if skip_unless_on_path("java") {
         return;
     }
     let text = page("verifying.md");
-    let start = text.find("```java\n").expect("a java block") + "```java\n".len();
-    let code = &text[start..start + text[start..].find("\n```").unwrap() + 1];
+    let code = fenced_block(&text, "java");
     let class = code.find("public final class").expect("the class");
     let source = format!("{}{JAVA_HARNESS}{}", &code[..class], &code[class..]);
-    let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
-    let cases: Vec<serde_json::Value> = delivered_cases()
-        .await
-        .into_iter()
-        .filter(|c| c["scheme"] != "standard-webhooks-ed25519")
-        .collect();
-    let lines: String = cases
-        .iter()
-        .map(|c| {
-            let headers: Vec<String> = c["headers"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .map(|(name, value)| format!("{name}={}", encode(value.as_str().unwrap())))
-                .collect();
-            format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\n",
-                c["name"].as_str().unwrap(),
-                c["scheme"].as_str().unwrap(),
-                c["key"].as_str().unwrap(),
-                c["body"].as_str().unwrap(),
-                c["expect"],
-                headers.join(" ")
-            )
-        })
-        .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let script = dir.path().join("Receiver.java");
-    std::fs::write(&script, source).unwrap();
-    let mut child = Command::new("java")
-        .arg(&script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "the page's Java code judged hooksign's deliveries wrongly:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+    let cases = hmac_cases().await;
+    let files = [("Receiver.java", source.as_str())];
+    run_receiver(
+        Path::new("java"),
+        &["Receiver.java"],
+        &files,
+        &case_lines(&cases),
         cases.len(),
-        "{stdout}"
+    );
+}
+
+/// The Go harness reads [`case_lines`]: a `main` package of its own file, beside the page's
+/// code with its `package` line made `main`. Headers go in through `http.Header.Add`, which
+/// canonicalises the lowercase names as `net/http` does.
+const GO_HARNESS: &str = r#"package main
+
+import (
+	"bufio"
+	"encoding/base64"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+)
+
+func decode(text string) []byte {
+	raw, err := base64.StdEncoding.DecodeString(text)
+	if err != nil {
+		panic(err)
+	}
+	return raw
+}
+
+func main() {
+	verifiers := map[string]func(string, []byte, http.Header) bool{
+		"storno": VerifyStorno,
+		"github": VerifyGithub,
+		"stripe": func(key string, body []byte, h http.Header) bool {
+			return VerifyStripe(key, body, h, 5*time.Minute)
+		},
+		"standard-webhooks": func(key string, body []byte, h http.Header) bool {
+			return VerifyStandardWebhooks(key, body, h, 5*time.Minute)
+		},
+	}
+	failed := 0
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(nil, 1<<20)
+	for in.Scan() {
+		f := strings.Split(in.Text(), "\t")
+		h := http.Header{}
+		for _, pair := range strings.Split(f[5], " ") {
+			name, value, _ := strings.Cut(pair, "=")
+			h.Add(name, string(decode(value)))
+		}
+		verify, known := verifiers[f[1]]
+		if !known {
+			panic(f[1])
+		}
+		got := verify(f[2], decode(f[3]), h)
+		ok := got == (f[4] == "true")
+		status := "ok"
+		if !ok {
+			failed++
+			status = "FAIL"
+		}
+		fmt.Printf("%s %s (got %v)\n", status, f[0], got)
+	}
+	if in.Err() != nil {
+		panic(in.Err())
+	}
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
+"#;
+
+/// Not run by CI (no Go there); wherever `go` is on PATH the page's Go code must judge real
+/// deliveries right.
+#[tokio::test]
+async fn the_verification_page_go_code_verifies_real_deliveries_where_go_is_installed() {
+    if skip_unless_on_path("go") {
+        return;
+    }
+    let text = page("verifying.md");
+    let code = fenced_block(&text, "go");
+    let code = code
+        .strip_prefix("package webhooks\n")
+        .expect("the Go block starts with `package webhooks`");
+    let code = format!("package main\n{code}");
+    let cases = hmac_cases().await;
+    let files = [("webhooks.go", code.as_str()), ("main.go", GO_HARNESS)];
+    run_receiver(
+        Path::new("go"),
+        &["run", "webhooks.go", "main.go"],
+        &files,
+        &case_lines(&cases),
+        cases.len(),
+    );
+}
+
+/// The Ruby harness reads [`case_lines`], after the page's module. The body is a binary
+/// (ASCII-8BIT) string, as Rack's `request.body.read` gives it.
+const RUBY_HARNESS: &str = r##"
+verifiers = {
+  "storno" => Webhooks.method(:verify_storno),
+  "github" => Webhooks.method(:verify_github),
+  "stripe" => Webhooks.method(:verify_stripe),
+  "standard-webhooks" => Webhooks.method(:verify_standard_webhooks),
+}
+failed = 0
+$stdin.each_line(chomp: true) do |line|
+  name, scheme, key, body, expect, pairs = line.split("\t", -1)
+  headers = pairs.split(" ").to_h do |pair|
+    header, value = pair.split("=", 2)
+    [header, value.unpack1("m0").force_encoding(Encoding::UTF_8)]
+  end
+  got = verifiers.fetch(scheme).call(key, body.unpack1("m0"), headers)
+  ok = got == (expect == "true")
+  failed += 1 unless ok
+  puts "#{ok ? "ok" : "FAIL"} #{name} (got #{got.inspect})"
+end
+exit(failed.zero? ? 0 : 1)
+"##;
+
+/// Not run by CI (no Ruby there); wherever `ruby` is on PATH the page's Ruby code must judge
+/// real deliveries right.
+#[tokio::test]
+async fn the_verification_page_ruby_code_verifies_real_deliveries_where_ruby_is_installed() {
+    if skip_unless_on_path("ruby") {
+        return;
+    }
+    let code = fenced_block(&page("verifying.md"), "ruby").to_owned() + RUBY_HARNESS;
+    let cases = hmac_cases().await;
+    let files = [("receiver.rb", code.as_str())];
+    run_receiver(
+        Path::new("ruby"),
+        &["receiver.rb"],
+        &files,
+        &case_lines(&cases),
+        cases.len(),
+    );
+}
+
+/// The PHP harness reads [`case_lines`], after the page's functions (the block opens `<?php`
+/// and never closes it).
+const PHP_HARNESS: &str = r#"
+$verifiers = [
+    'storno' => 'verify_storno',
+    'github' => 'verify_github',
+    'stripe' => 'verify_stripe',
+    'standard-webhooks' => 'verify_standard_webhooks',
+];
+$failed = 0;
+while (($line = fgets(STDIN)) !== false) {
+    [$name, $scheme, $key, $body, $expect, $pairs] = explode("\t", rtrim($line, "\n"));
+    $headers = [];
+    foreach (explode(' ', $pairs) as $pair) {
+        [$header, $value] = explode('=', $pair, 2);
+        $headers[$header] = base64_decode($value, true);
+    }
+    $got = $verifiers[$scheme]($key, base64_decode($body, true), $headers);
+    $ok = $got === ($expect === 'true');
+    $failed += $ok ? 0 : 1;
+    printf("%s %s (got %s)\n", $ok ? 'ok' : 'FAIL', $name, var_export($got, true));
+}
+exit($failed ? 1 : 0);
+"#;
+
+/// Not run by CI (no PHP there); wherever `php` is on PATH the page's PHP code must judge real
+/// deliveries right.
+#[tokio::test]
+async fn the_verification_page_php_code_verifies_real_deliveries_where_php_is_installed() {
+    if skip_unless_on_path("php") {
+        return;
+    }
+    let code = fenced_block(&page("verifying.md"), "php").to_owned() + PHP_HARNESS;
+    let cases = hmac_cases().await;
+    let files = [("receiver.php", code.as_str())];
+    run_receiver(
+        Path::new("php"),
+        &["receiver.php"],
+        &files,
+        &case_lines(&cases),
+        cases.len(),
     );
 }
 
