@@ -1,9 +1,10 @@
 //! The process's file descriptors, shared out so that no port can take what another needs.
 //!
 //! At start `serve` raises the soft open-file limit to the hard one and derives the caps from
-//! it: a reserve for the store, logs and listeners; the admin port's connections; idle upstream
-//! connections; and the proxy port's connections, each of which may hold a second descriptor
-//! upstream. A configured cap larger than its share is lowered, with a warning.
+//! it: a reserve for the store, logs and listeners; the admin port's connections; the proxy
+//! port's connections, each of which may hold a second descriptor upstream (with a quarter of
+//! the rest kept for the pool); and idle upstream connections, which get what is left. A
+//! configured cap larger than its share is lowered, with a warning.
 
 use crate::config::Config;
 
@@ -54,10 +55,14 @@ impl Budget {
             .map_or((usable / 16).clamp(4, 256), |n| n as u64)
             .min(usable / 4);
         let rest = usable - admin;
-        let idle = (config.proxy.pool_max_idle as u64).min(rest / 4);
+        // The proxy port's share is taken with a quarter of the rest set aside for idle
+        // upstream connections; those then get whatever the proxy port's cap leaves (a sender
+        // with many origins and few application connections keeps its pool warm: issue 18).
+        let quarter = (config.proxy.pool_max_idle as u64).min(rest / 4);
         let proxy = (config.proxy.max_connections as u64)
-            .min((rest - idle) / 2)
+            .min((rest - quarter) / 2)
             .max(1);
+        let idle = (config.proxy.pool_max_idle as u64).min(rest.saturating_sub(2 * proxy));
         let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         Self {
             limit,
@@ -120,6 +125,15 @@ mod tests {
             + 2 * budget.proxy_connections;
         assert!(used <= 1024, "{budget:?}");
         assert!(budget.proxy_connections >= 300, "{budget:?}");
+
+        // This machine's limit, with the fan-out harness's pool: the proxy port keeps its
+        // cap and the idle pool gets the rest, not a quarter (10,000 origins fit).
+        let mut fanout = config.clone();
+        fanout.proxy.pool_max_idle = 80_000;
+        let budget = Budget::derive(20_000, &fanout);
+        assert_eq!(budget.proxy_connections, config.proxy.max_connections);
+        assert_eq!(budget.idle_upstream, 20_000 - 64 - 256 - 2 * 4096);
+        assert!(budget.idle_upstream >= 10_000, "{budget:?}");
 
         let roomy = Budget::derive(1 << 20, &config);
         assert_eq!(roomy.proxy_connections, config.proxy.max_connections);

@@ -3,7 +3,8 @@
 # side (and `hsbase`, another hooksign build, when HOOKSIGN_BASE_BIN is executable):
 #   1. single origin, keep-alive, 1 KiB (the regression check against the previous release);
 #   2. cold: every delivery on a new connection (the upstream closes each), N=1000 origins;
-#   3. warm fan-out: FANOUT_NS (default 1000) origins, uniform and Zipf.
+#   3. warm fan-out: FANOUT_NS (default 1000) origins, uniform and Zipf (FANOUT_TARGETS, default
+#      "nginx hooksign pingora"; add hsbase for a before/after at fan-out).
 # Each part is fanout.sh or cold.sh (their knobs pass through: DURATION WARMUP ROUNDS CONNS
 # QUIET_WAIT_MAX ...); every table row names the regime it measured (new connections with full
 # or resumed handshakes, a warm pool, or a pool that was reconnecting). Loopback only; the
@@ -24,7 +25,7 @@ rc=0
 N=1 NS=1 KEEPALIVE=256 DISTS=uniform BODY=1024 WORKLOAD=single TARGETS="nginx hooksign$base$pg" \
   OUT=$OUT/single-1024 bash "$HERE/fanout.sh" || rc=1
 NS=${COLD_NS:-1000} TARGETS="nginx hooksign$pg" OUT=$OUT/cold bash "$HERE/cold.sh" || rc=1
-NS=${FANOUT_NS:-1000} DISTS=${FANOUT_DISTS:-"uniform zipf"} BODY=1024 WORKLOAD=fanout TARGETS="nginx hooksign$pg" \
+NS=${FANOUT_NS:-1000} DISTS=${FANOUT_DISTS:-"uniform zipf"} BODY=1024 WORKLOAD=fanout TARGETS=${FANOUT_TARGETS:-"nginx hooksign$pg"} \
   OUT=$OUT/fanout bash "$HERE/fanout.sh" || rc=1
 {
   echo "# all: nginx / hooksign / pingora-sign, $(date -u)"

@@ -58,7 +58,12 @@ need_tools() {
     command -v "$t" >/dev/null || { echo "missing $t" >&2; exit 1; }
   done
   [[ -x $HOOKSIGN_BIN ]] || { echo "no hooksign at $HOOKSIGN_BIN (cp target/release/hooksign $PERFX_DIR/ from the project root, or set HOOKSIGN_BIN)" >&2; exit 1; }
-  # many upstream connections (fanout): raise the fd limit as far as the hard limit allows
+  # many upstream connections (fanout): raise the fd limit, the hard one too where allowed
+  # (NOFILE, default 65536; a container without CAP_SYS_RESOURCE keeps its hard limit). hooksign
+  # shares its limit out (src/limits.rs): with 20,000 its idle pool may hold 11,488 connections
+  # (4,920 before issue 18's fix, when a 10,000-origin run measured reconnections); its log
+  # says "cap lowered" when the pool is cut.
+  if [[ $(id -u) == 0 ]] && (( $(ulimit -Hn) < ${NOFILE:-65536} )); then ulimit -Hn "${NOFILE:-65536}" 2>/dev/null; fi
   ulimit -n "$(ulimit -Hn)" 2>/dev/null
 }
 
