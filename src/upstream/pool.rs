@@ -422,12 +422,15 @@ impl Upstream {
         mut request: Request<ChunkBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let current = self.shared.generation.load(Ordering::Acquire);
-        if let Some(shared) = origin.shared_h2.load_full() {
-            if shared.generation != current {
-                origin.forget_h2(&shared);
+        // The shared HTTP/2 connection, unless a reload retired it (then forgotten).
+        let shared = origin.shared_h2.load_full().filter(|shared| {
+            let retired = shared.generation != current;
+            if retired {
+                origin.forget_h2(shared);
             }
-        }
-        if let Some(shared) = origin.shared_h2.load_full() {
+            !retired
+        });
+        if let Some(shared) = shared {
             let mut sender = shared.sender.clone();
             match sender.try_send_request(request).await {
                 Ok(response) => {
